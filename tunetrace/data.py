@@ -1,0 +1,206 @@
+"""Calibration / training data: JSONL (chat or prompt/response) -> token batches with response masks.
+
+The loss, and so every gradient statistic, covers response tokens only. A batch marks the
+*positions that predict a response token* (`loss_mask`): those are the positions where the
+loss lives, and every per-token statistic of the audit is averaged over exactly them.
+Padding is on the right and never enters any statistic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tunetrace import io
+
+FALLBACK_FORMAT = "User: {user}\nAssistant: {assistant}"
+
+
+class DataError(ValueError):
+    """Bad calibration/training data; the message names the file, line and fix."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One conversation whose last message is the assistant response to learn/score."""
+
+    messages: tuple[dict, ...]
+    line: int  # 1-based line in the source file (0 for generated data)
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    n_prompt: int  # tokens before the response
+    line: int
+
+
+@dataclass
+class Batch:
+    """A right-padded batch. Shapes [batch, seq]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor  # bool: position t predicts a response token (input_ids[t+1])
+    targets: torch.Tensor  # input_ids shifted left by one (next token); 0 where loss_mask is False
+    example_index: torch.Tensor  # [batch] index of each row in the encoded dataset
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    def to(self, device: str | torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.targets, self.example_index)))
+
+
+def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with `messages` or `prompt`/`response`.")
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise DataError(f"{where}: `messages` must be a non-empty list of {{role, content}} strings.")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must have role 'assistant' (it is the response to score).")
+        if not messages[-1]["content"].strip():
+            raise DataError(f"{where}: the assistant response is empty; every example needs response tokens.")
+        return tuple(messages)
+    if "prompt" in row and "response" in row:
+        if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
+            raise DataError(f"{where}: `prompt` and `response` must be strings.")
+        if not row["response"].strip():
+            raise DataError(f"{where}: `response` is empty; every example needs response tokens.")
+        messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+        if isinstance(row.get("system"), str):
+            messages.insert(0, {"role": "system", "content": row["system"]})
+        return tuple(messages)
+    raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
+
+
+def parse_jsonl(text: str, name: str) -> list[Example]:
+    """Parse JSONL text into examples; every error names `name` and the 1-based line."""
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name}:{number}: not valid JSON ({err.msg}).") from None
+        examples.append(Example(_row_to_messages(row, f"{name}:{number}"), number))
+    if not examples:
+        raise DataError(f"{name}: no examples (the file is empty); give one JSON object per line.")
+    return examples
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Resolved examples plus what a manifest needs to identify them."""
+
+    name: str
+    examples: list[Example]
+    sha256: str
+
+
+def load_examples(source: str | os.PathLike, split: str = "calibration") -> DataSource:
+    """Read `builtin:TASK[:split]` or a JSONL file into examples."""
+    source = str(source)
+    if source.startswith("builtin:"):
+        from tunetrace.tasks import builtin_rows
+
+        parts = source.split(":")
+        task, task_split = parts[1], parts[2] if len(parts) > 2 else split
+        rows = builtin_rows(task, task_split)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        return DataSource(f"builtin:{task}:{task_split}", parse_jsonl(text, f"builtin:{task}:{task_split}"), io.sha256_bytes(text.encode()))
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    text = path.read_text()
+    return DataSource(str(path), parse_jsonl(text, str(path)), io.sha256_bytes(text.encode()))
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    """Render messages with the model's chat template, or the documented fallback format without one."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(f"{m['content']}\n\n")
+        elif m["role"] == "user":
+            parts.append(f"User: {m['content']}\n")
+        else:
+            parts.append(f"Assistant: {m['content']}{tokenizer.eos_token or ''}\n")
+    if add_generation_prompt:
+        parts.append("Assistant:")
+    return "".join(parts)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> str:
+    """The text a model is given to generate the response to `messages[-1]` (or to a user turn)."""
+    history = list(messages[:-1]) if messages[-1]["role"] == "assistant" else list(messages)
+    return render(tokenizer, history, add_generation_prompt=True)
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int, name: str = "data") -> EncodedExample:
+    """Tokenize prompt and response separately (so the response boundary is exact) and join them."""
+    prompt = prompt_text(tokenizer, example.messages)
+    full = render(tokenizer, example.messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise DataError(f"{name}:{example.line}: the chat template does not render the prompt as a prefix of the conversation.")
+    response = full[len(prompt):].rstrip("\n")
+    # Templates carry their own special tokens; the fallback format relies on the tokenizer's BOS.
+    add_special = not bool(tokenizer.chat_template)
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if not response_ids:
+        raise DataError(f"{name}:{example.line}: the response has no tokens.")
+    ids = prompt_ids + response_ids
+    if len(ids) > max_length:
+        raise DataError(
+            f"{name}:{example.line}: example is {len(ids)} tokens, longer than max_length={max_length}; shorten it or raise --max-length."
+        )
+    return EncodedExample(ids, len(prompt_ids), example.line)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, data: DataSource, max_length: int | None = None) -> list[EncodedExample]:
+    """Encode every example; `max_length` defaults to the model's context length."""
+    limit = max_length or min(getattr(tokenizer, "model_max_length", 4096) or 4096, 1 << 20)
+    return [encode_example(tokenizer, ex, limit, data.name) for ex in data.examples]
+
+
+def collate(encoded: Sequence[EncodedExample], indices: Sequence[int], pad_id: int) -> Batch:
+    """Right-pad the chosen examples into one batch."""
+    rows = [encoded[i] for i in indices]
+    width = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = len(r.input_ids)
+        input_ids[b, :n] = torch.tensor(r.input_ids)
+        attention[b, :n] = 1
+        loss_mask[b, r.n_prompt - 1 : n - 1] = True  # positions predicting response tokens
+    targets = torch.zeros_like(input_ids)
+    targets[:, :-1] = input_ids[:, 1:]
+    targets[~loss_mask] = 0
+    return Batch(input_ids, attention, loss_mask, targets, torch.tensor(list(indices)))
+
+
+def iter_batches(encoded: Sequence[EncodedExample], batch_size: int, pad_id: int) -> Iterator[Batch]:
+    """Batches in dataset order (results never depend on batch size; order only affects float rounding)."""
+    for start in range(0, len(encoded), batch_size):
+        yield collate(encoded, range(start, min(start + batch_size, len(encoded))), pad_id)
+
+
+def total_loss_tokens(encoded: Sequence[EncodedExample]) -> int:
+    return sum(len(e.input_ids) - e.n_prompt for e in encoded)

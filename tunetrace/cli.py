@@ -18,14 +18,34 @@ log = logging.getLogger("tunetrace")
 
 
 def _run_audit(c: cfg.AuditConfig) -> int:
-    from tunetrace.audit import run_audit_command
+    from tunetrace.audit import run_audit_command, top_neurons
 
-    run_audit_command(c)
+    result = run_audit_command(c)
+    m = result.manifest
+    top = top_neurons(result.scores, c.sort_by, c.top)
+    columns = ["rank", "layer", "neuron", c.sort_by] + [x for x in ("iss", "abs_act", "abs_grad", "gate_slope") if x != c.sort_by]
+    print(
+        f"audited {m['model']['spec']}: {len(m['layers'])} layers x {m['d_mlp']} neurons, "
+        f"{m['data']['examples']} examples / {m['tokens']} response tokens in {m['wall_seconds']:.1f} s"
+    )
+    print(f"top {c.top} by {c.sort_by}:")
+    print(top[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {c.out}/scores.parquet and {c.out}/manifest.json")
+    return 0
+
+
+def _run_diff(c: cfg.DiffConfig) -> int:
+    from tunetrace.diffing.run import format_summary, run_diff
+
+    result = run_diff(c)
+    print(format_summary(result.summary))
+    print(f"wrote {result.out}/summary.json (+ parquet tables, generations.jsonl, delta.safetensors)")
     return 0
 
 
 COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
     "audit": (cfg.AuditConfig, _run_audit),
+    "diff": (cfg.DiffConfig, _run_diff),
 }
 
 

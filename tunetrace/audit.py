@@ -1,0 +1,336 @@
+"""The audit: one forward+backward per calibration batch, running sums -> a per-neuron scores table.
+
+Weights are frozen for the pass, so the backward computes only dL/da (never weight
+gradients) and stops at the lowest audited layer. Hooks gather the loss positions' rows of
+z, u and a, compute every forward-phase predictor at once, keep only what grad-phase
+predictors need, and finish those when dL/da arrives. Memory of the statistics is
+O(layers x neurons x predictors); no per-token activations outlive their batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from tunetrace import __version__
+from tunetrace.data import DataSource, EncodedExample, encode, iter_batches, total_loss_tokens
+from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
+from tunetrace.hooks import frozen, mlp_hooks
+from tunetrace.models import LoadedModel
+from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+@dataclass
+class RunningStats:
+    """Per-layer running sums (float64) of every per-token predictor, plus token counts.
+
+    `per_example` layers also keep sums per calibration example (for bootstrap intervals).
+    State is a flat dict of tensors so distributed runs can all-reduce it in one call.
+    """
+
+    layers: list[int]
+    d_mlp: int
+    predictors: list[Predictor]
+    n_examples: int
+    per_example_layers: set[int] = field(default_factory=set)
+
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        def init(p: Predictor, shape: tuple[int, ...]) -> Tensor:
+            fill = -torch.inf if p.reduce == "max" else 0.0
+            return torch.full(shape, fill, dtype=torch.float64, device=self.device)
+
+        self.state = {}
+        for layer in self.layers:
+            self.state[f"count/{layer}"] = torch.zeros((), dtype=torch.float64, device=self.device)
+            for p in self.token_predictors:
+                self.state[f"{p.name}/{layer}"] = init(p, (self.d_mlp,))
+            if layer in self.per_example_layers:
+                self.state[f"count_ex/{layer}"] = torch.zeros(self.n_examples, dtype=torch.float64, device=self.device)
+                for p in self.token_predictors:
+                    self.state[f"ex/{p.name}/{layer}"] = init(p, (self.n_examples, self.d_mlp))
+
+    @property
+    def token_predictors(self) -> list[Predictor]:
+        return [p for p in self.predictors if p.per_token is not None]
+
+    def add(self, layer: int, predictor: Predictor, values: Tensor, rows: "TokenRows") -> None:
+        """Fold one batch's per-token values [tokens, d_mlp] into the running statistics."""
+        key = f"{predictor.name}/{layer}"
+        if predictor.reduce == "max":
+            self.state[key] = torch.maximum(self.state[key], values.amax(0).double())
+        else:
+            self.state[key] += values.sum(0).double()
+        if layer in self.per_example_layers:
+            ex = self.state[f"ex/{predictor.name}/{layer}"]
+            if predictor.reduce == "max":
+                idx = rows.example.unsqueeze(1).expand_as(values)
+                ex.scatter_reduce_(0, idx, values.double(), reduce="amax")
+            else:
+                ex.index_add_(0, rows.example, values.double())
+
+    def add_count(self, layer: int, rows: "TokenRows") -> None:
+        self.state[f"count/{layer}"] += rows.n
+        if layer in self.per_example_layers:
+            self.state[f"count_ex/{layer}"].index_add_(
+                0, rows.example, torch.ones(rows.n, dtype=torch.float64, device=rows.example.device)
+            )
+
+    def finalize(self) -> dict[int, dict[str, Tensor]]:
+        """Means/maxes per layer and predictor, derived predictors included: {layer: {name: [d_mlp]}}."""
+        out = {}
+        for layer in self.layers:
+            count = self.state[f"count/{layer}"].clamp_min(1.0)
+            scores = {}
+            for p in self.token_predictors:
+                value = self.state[f"{p.name}/{layer}"]
+                scores[p.name] = value if p.reduce == "max" else value / count
+            for p in self.predictors:
+                if p.derive is not None:
+                    scores[p.name] = p.derive(scores)
+            out[layer] = scores
+        return out
+
+    def per_example(self) -> dict[str, Tensor]:
+        """Per-example sums (and counts) of the per-example layers, for bootstrap over examples."""
+        return {k: v for k, v in self.state.items() if k.startswith(("ex/", "count_ex/"))}
+
+
+@dataclass
+class TokenRows:
+    """Which flattened (batch*seq) rows are loss positions, and the example each belongs to."""
+
+    index: Tensor  # [tokens] long, into batch*seq
+    example: Tensor  # [tokens] long, dataset index of the example (per-example stats)
+
+    @property
+    def n(self) -> int:
+        return int(self.index.numel())
+
+
+class _LayerProbe:
+    """Hook callbacks of one layer: builds signals at loss rows and feeds RunningStats."""
+
+    def __init__(self, layer: GatedMLPLayer, stats: RunningStats, forward_preds, grad_preds, device):
+        self.layer = layer
+        self.stats = stats
+        self.forward_preds = forward_preds
+        self.grad_preds = grad_preds
+        self.keep = {name for p in grad_preds for name in p.inputs if name not in ("grad", "abs_grad")}
+        self.consts = LayerConstants.of(layer)
+        self.consts = LayerConstants(*(t.to(device) for t in vars(self.consts).values()))
+        self.rows: TokenRows | None = None
+        self._z: Tensor | None = None
+        self._u: Tensor | None = None
+
+    def on_gate(self, _: int, z: Tensor) -> None:
+        self._z = z
+
+    def on_up(self, _: int, u: Tensor) -> None:
+        self._u = u
+
+    def on_act(self, _: int, a: Tensor) -> None:
+        rows = self.rows
+        d = a.shape[-1]
+        take = lambda t: t.detach().reshape(-1, d).index_select(0, rows.index).float()  # noqa: E731
+        signals = TokenSignals(take(self._z), take(self._u), take(a), self.consts, self.layer.activation)
+        self._z = self._u = None
+        index = self.layer.index
+        self.stats.add_count(index, rows)
+        with torch.no_grad():
+            for p in self.forward_preds:
+                self.stats.add(index, p, p.per_token(signals), rows)
+        if not self.grad_preds:
+            return
+        signals.retain(self.keep)
+        if not a.requires_grad:
+            a.requires_grad_(True)  # lowest audited layer: the backward starts its graph here
+
+        def on_grad(g: Tensor) -> None:
+            signals.grad = take(g)
+            for p in self.grad_preds:
+                self.stats.add(index, p, p.per_token(signals), rows)
+            signals.__dict__.clear()
+
+        a.register_hook(on_grad)
+
+
+@dataclass
+class AuditResult:
+    """Per-neuron scores (one row per layer, neuron), the run manifest, and per-example sums."""
+
+    scores: pd.DataFrame
+    manifest: dict
+    per_example: dict[str, Tensor]
+
+
+def _loss_sum(model, batch) -> Tensor:
+    """Summed cross-entropy of the response tokens, computing logits only where needed."""
+    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
+    out = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, use_cache=False
+    )
+    sub_mask = batch.loss_mask[:, columns]
+    logits = out.logits[sub_mask].float()
+    targets = batch.targets[:, columns][sub_mask]
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+
+def token_rows(batch) -> TokenRows:
+    flat = batch.loss_mask.reshape(-1).nonzero().squeeze(1)
+    seq = batch.loss_mask.shape[1]
+    return TokenRows(flat, batch.example_index.to(flat.device)[flat // seq])
+
+
+def accumulate(
+    model: torch.nn.Module,
+    encoded: Sequence[EncodedExample],
+    batches: Iterable,
+    layers: Sequence[int] | None = None,
+    predictors: Sequence[Predictor] | None = None,
+    per_example_layers: Iterable[int] = (),
+    progress: bool = True,
+    total: int | None = None,
+) -> RunningStats:
+    """Run the one-pass audit over `batches` and return the running statistics (not yet finalized)."""
+    all_layers = gated_mlp_layers(model)
+    chosen = [all_layers[i] for i in (layers if layers is not None else range(len(all_layers)))]
+    predictors = list(predictors if predictors is not None else PREDICTORS.values())
+    device = next(model.parameters()).device
+    stats = RunningStats(
+        [l.index for l in chosen], chosen[0].d_mlp, predictors, len(encoded), set(per_example_layers), device
+    )
+    token_preds = [p for p in predictors if p.per_token is not None]
+    forward_preds = [p for p in token_preds if not p.needs_grad]
+    grad_preds = [p for p in token_preds if p.needs_grad]
+    probes = {l.index: _LayerProbe(l, stats, forward_preds, grad_preds, device) for l in chosen}
+    need_backward = bool(grad_preds)
+    with frozen(model), mlp_hooks(
+        chosen,
+        on_gate=lambda i, t: probes[i].on_gate(i, t),
+        on_up=lambda i, t: probes[i].on_up(i, t),
+        on_act=lambda i, t: probes[i].on_act(i, t),
+    ):
+        for batch in tqdm(batches, total=total, desc="audit", unit="batch", disable=not progress):
+            batch = batch.to(device)
+            rows = token_rows(batch)
+            for probe in probes.values():
+                probe.rows = rows
+            with torch.set_grad_enabled(need_backward):
+                loss = _loss_sum(model, batch)
+                if need_backward:
+                    loss.backward()
+    return stats
+
+
+def scores_frame(final: dict[int, dict[str, Tensor]], predictors: Sequence[Predictor]) -> pd.DataFrame:
+    """Flatten {layer: {predictor: [d_mlp]}} into the long table (layer, neuron, one column per predictor)."""
+    frames = []
+    for layer, scores in final.items():
+        d = next(iter(scores.values())).numel()
+        frame = {"layer": [layer] * d, "neuron": list(range(d))}
+        for p in predictors:
+            frame[p.name] = scores[p.name].cpu().numpy()
+        frames.append(pd.DataFrame(frame))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"tunetrace": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def run_audit(
+    loaded: LoadedModel,
+    data: DataSource,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    predictors: Sequence[Predictor] | None = None,
+    per_example_layers: Iterable[int] = (),
+    progress: bool = True,
+) -> AuditResult:
+    """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass."""
+    start = time.perf_counter()
+    encoded = encode(loaded.tokenizer, data, max_length)
+    predictors = list(predictors if predictors is not None else PREDICTORS.values())
+    n_layers = len(gated_mlp_layers(loaded.model))
+    layers = list(layers) if layers is not None else list(range(n_layers))
+    per_example_layers = sorted(set(per_example_layers))
+    batches = iter_batches(encoded, batch_size, loaded.tokenizer.pad_token_id)
+    total = (len(encoded) + batch_size - 1) // batch_size
+    stats = accumulate(loaded.model, encoded, batches, layers, predictors, per_example_layers, progress, total)
+    scores = scores_frame(stats.finalize(), predictors)
+    manifest = {
+        "command": "audit",
+        "model": loaded.manifest(),
+        "data": {"source": data.name, "sha256": data.sha256, "examples": len(encoded)},
+        "tokens": total_loss_tokens(encoded),
+        "layers": layers,
+        "n_layers": n_layers,
+        "d_mlp": int(scores.neuron.max()) + 1,
+        "predictors": {p.name: {"description": p.description, "kind": p.kind, "reduce": p.reduce} for p in predictors},
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(next(loaded.model.parameters()).device),
+        "per_example_layers": per_example_layers,
+        "versions": _versions(),
+        "wall_seconds": round(time.perf_counter() - start, 3),
+    }
+    return AuditResult(scores, manifest, {k: v.cpu() for k, v in stats.per_example().items()})
+
+
+def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
+    """The k highest-scoring (layer, neuron) rows by predictor `by`, across all audited layers."""
+    if by not in scores.columns or by in ("layer", "neuron"):
+        names = [c for c in scores.columns if c not in ("layer", "neuron")]
+        raise ValueError(f"`sort_by` {by!r} is not a predictor; choose one of {', '.join(names)}.")
+    top = scores.nlargest(k, by).reset_index(drop=True)
+    top.insert(0, "rank", range(1, len(top) + 1))
+    return top
+
+
+def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
+    """Write scores.parquet, manifest.json (and per_example.safetensors) as one atomic directory."""
+    from safetensors.torch import save_file
+
+    from tunetrace import io
+
+    with io.staged_dir(out_dir, force, what="audit output") as stage:
+        io.write_parquet(stage / "scores.parquet", result.scores)
+        if result.per_example:
+            save_file({k.replace("/", "."): v.contiguous() for k, v in result.per_example.items()}, str(stage / "per_example.safetensors"))
+        io.write_json(stage / "manifest.json", result.manifest)
+
+
+def run_audit_command(config) -> AuditResult:
+    """`tunetrace audit`: load, score, write, print the top of the ranked list."""
+    from tunetrace import io
+    from tunetrace.data import load_examples
+    from tunetrace.gated_mlp import select_layers
+    from tunetrace.models import load_model
+
+    io.check_out_dir(config.out, config.force, what="audit output")  # fail before any work
+    if config.sort_by not in PREDICTORS:
+        raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    data = load_examples(config.data)
+    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code)
+    layers = select_layers(len(gated_mlp_layers(loaded.model)), config.layers)
+    result = run_audit(loaded, data, layers, config.batch_size, config.max_length)
+    result.manifest["config"] = {k: v for k, v in vars(config).items()}
+    write_audit(result, config.out, config.force)
+    return result

@@ -43,9 +43,59 @@ def _run_diff(c: cfg.DiffConfig) -> int:
     return 0
 
 
+def _run_merge(c: cfg.MergeConfig) -> int:
+    from tunetrace.features.merge import run_merge_command
+
+    r = run_merge_command(c)
+    for row in r.curve:
+        print(f"t={row['t']:.3f}  loss_a={row['loss_a']:.4f}  loss_b={row['loss_b']:.4f}")
+    note = "" if r.crossed is not False else " (losses never cross on the grid: smallest gap)"
+    print(f"merged {c.model_a} and {c.model_b} by {r.method} at t={r.t:.4f}{note}; wrote {c.out}")
+    return 0
+
+
+def _run_sae_train(c: cfg.SaeTrainConfig) -> int:
+    from tunetrace.features.sae import run_sae_train_command
+
+    stats, q = run_sae_train_command(c)
+    print(f"trained on {stats.tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.0f} tokens/s, model forward included)")
+    print(f"held-out {q.n_tokens} tokens: L0 {q.l0:.1f}  FVU {q.fvu:.4f}  CE clean {q.loss_clean:.4f} -> spliced {q.loss_spliced:.4f} "
+          f"(+{q.loss_increase:.4f}; {q.frac_loss_recovered:.1%} of zero-ablation loss recovered)  dead {q.dead_fraction:.1%}")
+    print(f"wrote {c.out}/cfg.json, sae.safetensors, quality.json")
+    return 0
+
+
+def _run_features_match(c: cfg.FeaturesMatchConfig) -> int:
+    from tunetrace.features.tracking import run_features_match
+
+    counts = run_features_match(c)
+    print(f"{counts['tokens']} tokens, threshold {counts['threshold']}; alive features per SAE: {counts['alive']}")
+    for pair, k in counts["pairs"].items():
+        print(f"{pair}: {k['persisting']} persisting, {k['disappearing']} disappearing, {k['emerging']} emerging")
+    for chain, n in counts["chains"].items():
+        print(f"persisting along {chain}: {n}")
+    print(f"wrote {c.out}/features.parquet, matches.parquet, counts.json, flow.svg")
+    return 0
+
+
+def _run_features_link(c: cfg.FeaturesLinkConfig) -> int:
+    from tunetrace.features.tracking import run_features_link
+
+    summary = run_features_link(c)
+    for g in summary["groups"]:
+        print(f"SAE {g['sae']} pair {g['pair']} {g['status']:>12}: {g['n_features']:5d} features, recruit mass {g['mean_recruit_mass']:.4f} "
+              f"(uniform {g['uniform_mass']:.4f}, x{g['enrichment']:.2f}); top neuron recruited {g['frac_top_neuron_recruit']:.1%}")
+    print(f"wrote {c.out or c.features}/link.parquet and link.json")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
     "audit": (cfg.AuditConfig, _run_audit),
     "diff": (cfg.DiffConfig, _run_diff),
+    "merge": (cfg.MergeConfig, _run_merge),
+    "sae-train": (cfg.SaeTrainConfig, _run_sae_train),
+    "features-match": (cfg.FeaturesMatchConfig, _run_features_match),
+    "features-link": (cfg.FeaturesLinkConfig, _run_features_link),
 }
 
 

@@ -1,0 +1,182 @@
+"""Merge two fine-tunes of one base: SLERP (mergekit's formula) or LERP per tensor, and the `--t auto` scan.
+
+Maths first, as pure tensor functions (`lerp`, `slerp`, `merge_state_dicts`); then the wiring
+that loads models, scores the merged model's loss on each fine-tune's data, and writes a
+normal checkpoint. `slerp` follows mergekit's `merge_methods/slerp.py` exactly: the angle comes
+from the two flattened, normalised tensors, the weights s0, s1 are applied to the *unnormalised*
+tensors (so norms interpolate as mergekit does), and nearly parallel tensors
+(|cos| > 0.9995) fall back to linear interpolation. t = 0 returns model A, t = 1 model B.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+DOT_THRESHOLD = 0.9995
+EPS = 1e-8
+METHODS = ("slerp", "linear")
+
+
+def lerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
+    """(1 - t) v0 + t v1, computed in float32 and returned in v0's dtype."""
+    out = (1.0 - t) * v0.float() + t * v1.float()
+    return out.to(v0.dtype)
+
+
+def slerp(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = DOT_THRESHOLD, eps: float = EPS) -> Tensor:
+    """Spherical interpolation of two same-shape tensors treated as flat vectors (mergekit's formula)."""
+    if v0.shape != v1.shape:
+        raise ValueError(f"slerp needs tensors of one shape, got {tuple(v0.shape)} and {tuple(v1.shape)}.")
+    a, b = v0.float(), v1.float()
+    na, nb = torch.linalg.vector_norm(a).item(), torch.linalg.vector_norm(b).item()
+    ua = a / na if na > eps else a
+    ub = b / nb if nb > eps else b
+    dot = float((ua.double() * ub.double()).sum())
+    if abs(dot) > dot_threshold:
+        return lerp(t, v0, v1)
+    theta_0 = math.acos(max(-1.0, min(1.0, dot)))
+    sin_theta_0 = math.sin(theta_0)
+    theta_t = theta_0 * t
+    s0 = math.sin(theta_0 - theta_t) / sin_theta_0
+    s1 = math.sin(theta_t) / sin_theta_0
+    return (s0 * a + s1 * b).to(v0.dtype)
+
+
+def merge_state_dicts(sd_a: dict[str, Tensor], sd_b: dict[str, Tensor], t: float, method: str = "slerp") -> dict[str, Tensor]:
+    """Merge every tensor of A with its namesake in B; shapes and key sets must agree."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}.")
+    if set(sd_a) != set(sd_b):
+        only = sorted(set(sd_a) ^ set(sd_b))[:3]
+        raise ValueError(f"the two models have different parameters (e.g. {only}); merge only fine-tunes of one base.")
+    fn: Callable[[float, Tensor, Tensor], Tensor] = slerp if method == "slerp" else lerp
+    out = {}
+    for name, a in sd_a.items():
+        b = sd_b[name]
+        if a.shape != b.shape:
+            raise ValueError(f"parameter {name} has shape {tuple(a.shape)} in A but {tuple(b.shape)} in B.")
+        out[name] = fn(t, a, b) if a.is_floating_point() else a.clone()
+    return out
+
+
+def equilibrium_t(ts: Sequence[float], loss_a: Sequence[float], loss_b: Sequence[float]) -> tuple[float, bool]:
+    """The t where loss_a(t) = loss_b(t), linearly interpolated between scanned points; (t, crossed?).
+
+    With no crossing in the scan, returns the scanned t with the smallest |loss_a - loss_b|.
+    """
+    diff = np.asarray(loss_a, dtype=float) - np.asarray(loss_b, dtype=float)
+    ts = np.asarray(ts, dtype=float)
+    for i in range(len(ts) - 1):
+        if diff[i] == 0.0:
+            return float(ts[i]), True
+        if diff[i] * diff[i + 1] < 0:
+            frac = diff[i] / (diff[i] - diff[i + 1])
+            return float(ts[i] + frac * (ts[i + 1] - ts[i])), True
+    if diff[-1] == 0.0:
+        return float(ts[-1]), True
+    return float(ts[int(np.argmin(np.abs(diff)))]), False
+
+
+@torch.no_grad()
+def response_loss(model: torch.nn.Module, encoded: list, batch_size: int, pad_id: int) -> float:
+    """Mean next-token cross-entropy over response tokens (the fine-tuning loss)."""
+    from tunetrace.data import iter_batches
+
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in iter_batches(encoded, batch_size, pad_id):
+        batch = batch.to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)  # [batch, seq]
+        total += float(nll[batch.loss_mask].double().sum())
+        count += batch.n_loss_tokens
+    return total / max(count, 1)
+
+
+@dataclass
+class MergeResult:
+    """The merged model's t, and the loss curve when t was scanned."""
+
+    t: float
+    method: str
+    curve: list[dict]  # rows {t, loss_a, loss_b} (empty when t was given)
+    crossed: bool | None
+
+
+def scan_t(
+    model: torch.nn.Module,
+    sd_a: dict[str, Tensor],
+    sd_b: dict[str, Tensor],
+    loss_a: Callable[[torch.nn.Module], float],
+    loss_b: Callable[[torch.nn.Module], float],
+    grid: Sequence[float],
+    method: str,
+) -> MergeResult:
+    """Load the merge at every t of `grid` into `model` and record both losses; pick the equilibrium."""
+    from tqdm import tqdm
+
+    rows = []
+    for t in tqdm(list(grid), desc="scan t", leave=False):
+        model.load_state_dict(merge_state_dicts(sd_a, sd_b, t, method))
+        rows.append({"t": float(t), "loss_a": loss_a(model), "loss_b": loss_b(model)})
+        log.info("t=%.3f loss_a=%.4f loss_b=%.4f", t, rows[-1]["loss_a"], rows[-1]["loss_b"])
+    t_star, crossed = equilibrium_t([r["t"] for r in rows], [r["loss_a"] for r in rows], [r["loss_b"] for r in rows])
+    if not crossed:
+        log.warning("losses never cross on the scanned grid; taking t=%.3f with the smallest gap", t_star)
+    return MergeResult(t_star, method, rows, crossed)
+
+
+def state_dict_f32(model: torch.nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the model's state dict (kept in its own dtype)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_merge_command(c) -> MergeResult:
+    """CLI wiring: load A and B, pick t (given or scanned), write the merged checkpoint and merge.json."""
+    from pathlib import Path
+
+    from tunetrace import io
+    from tunetrace.data import encode, load_examples
+    from tunetrace.models import load_model, save_checkpoint
+
+    out = io.check_out_dir(c.out, c.force)
+    a = load_model(c.model_a, dtype=c.dtype)
+    b = load_model(c.model_b, dtype=c.dtype)
+    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        raise ValueError("`model_b` has a different tokenizer from `model_a`; merge only fine-tunes of one base.")
+    sd_a, sd_b = state_dict_f32(a.model), state_dict_f32(b.model)
+    merged = copy.deepcopy(a.model)
+    b_manifest = b.manifest()
+    del b
+    if c.t == "auto":
+        pad = a.tokenizer.pad_token_id
+        enc_a = encode(a.tokenizer, load_examples(c.data_a), c.max_length)[: c.max_examples]
+        enc_b = encode(a.tokenizer, load_examples(c.data_b), c.max_length)[: c.max_examples]
+        grid = np.linspace(0.0, 1.0, c.steps).tolist()
+        result = scan_t(
+            merged, sd_a, sd_b,
+            lambda m: response_loss(m, enc_a, c.batch_size, pad),
+            lambda m: response_loss(m, enc_b, c.batch_size, pad),
+            grid, c.method,
+        )
+    else:
+        result = MergeResult(float(c.t), c.method, [], None)
+    merged.load_state_dict(merge_state_dicts(sd_a, sd_b, result.t, c.method))
+    with io.staged_dir(out, c.force) as stage:
+        save_checkpoint(merged, a.tokenizer, Path(stage))
+        io.write_json(Path(stage) / "merge.json", {
+            "model_a": a.manifest(), "model_b": b_manifest, "method": c.method, "t": result.t,
+            "t_requested": c.t, "crossed": result.crossed, "data_a": c.data_a, "data_b": c.data_b, "curve": result.curve,
+        })
+    return result

@@ -1,0 +1,317 @@
+"""TopK sparse autoencoders on gated-MLP activations (the input of down_proj), streamed from a model.
+
+The SAE follows EleutherAI sparsify's `SparseCoder` (Gao et al. 2024, "Scaling and evaluating
+sparse autoencoders"):
+    pre  = relu(W_enc (x - b_dec) + b_enc)          # [n, d_sae]
+    f    = TopK(pre, k)                              # k nonzero latents per token
+    x^   = W_dec^T f + b_dec                         # [n, d_in]; rows of W_dec have unit norm
+trained on FVU = |x - x^|^2 / |x - mean(x)|^2, plus AuxK: the top `d_in // 2` *dead* latents
+(silent for `dead_tokens` tokens) are asked to reconstruct the residual, weighted `auxk_alpha`.
+Decoder rows are renormalised after every step and the gradient component parallel to each row
+is removed before it. Saved like sparsify: `cfg.json` + `sae.safetensors`.
+
+Activations stream through a shuffling buffer: the model runs only up to the hooked layer
+(the forward pass is cut there), position 0 of each chunk (the attention-sink/BOS outlier) is
+dropped, and at most `buffer_tokens` activations are held at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunetrace.features.activations import layer_activations, spliced
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SaeConfig:
+    """Shape of a TopK SAE (saved as cfg.json, with `meta` saying where its activations came from)."""
+
+    d_in: int
+    d_sae: int
+    k: int
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(f"`d_in` and `d_sae` must be >= 1, got {self.d_in} and {self.d_sae}.")
+        if not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"`k` must be in [1, d_sae={self.d_sae}], got {self.k}.")
+
+
+class SaeOutput(NamedTuple):
+    x_hat: Tensor  # [n, d_in]
+    top_acts: Tensor  # [n, k]
+    top_idx: Tensor  # [n, k]
+    fvu: Tensor  # scalar
+    auxk_loss: Tensor  # scalar (0 when no latent is dead)
+
+
+class TopKSae(nn.Module):
+    """x -> k sparse nonnegative latents -> reconstruction; decoder rows kept at unit norm."""
+
+    def __init__(self, cfg: SaeConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(cfg.d_in)  # nn.Linear's default init, as sparsify
+        w = (torch.rand(cfg.d_sae, cfg.d_in, generator=gen) * 2 - 1) * bound
+        self.W_enc = nn.Parameter(w)  # [d_sae, d_in]
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(w.clone())  # [d_sae, d_in]
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.normalize_decoder()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """relu(W_enc (x - b_dec) + b_enc): [n, d_in] -> [n, d_sae]."""
+        return F.relu(F.linear(x - self.b_dec, self.W_enc, self.b_enc))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(top_acts [n, k], top_idx [n, k], pre_acts [n, d_sae])."""
+        pre = self.pre_acts(x)
+        acts, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return acts, idx, pre
+
+    def decode(self, acts: Tensor, idx: Tensor) -> Tensor:
+        """Sum of the chosen decoder rows weighted by their activations, plus b_dec."""
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=acts, mode="sum") + self.b_dec
+
+    def dense_latents(self, x: Tensor) -> Tensor:
+        """All d_sae latent activations, zeros off the top k: [n, d_sae]."""
+        acts, idx, pre = self.encode(x)
+        return torch.zeros_like(pre).scatter_(-1, idx, acts)
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SaeOutput:
+        acts, idx, pre = self.encode(x)
+        x_hat = self.decode(acts, idx)
+        err = x - x_hat
+        total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu = err.pow(2).sum() / total_var
+        auxk = x_hat.new_zeros(())
+        if dead_mask is not None and (n_dead := int(dead_mask.sum())) > 0:
+            k_aux = min(x.shape[-1] // 2, n_dead)
+            scale = min(n_dead / (x.shape[-1] // 2), 1.0)
+            aux_acts, aux_idx = torch.where(dead_mask[None], pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts.clamp_min(0), mode="sum")
+            auxk = scale * (e_hat - err.detach()).pow(2).sum() / total_var
+        return SaeOutput(x_hat, acts, idx, fvu, auxk)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True) + torch.finfo(self.W_dec.dtype).eps
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out the part of each decoder row's gradient along the row (keeps unit norm to first order)."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec.data).sum(-1, keepdim=True)
+            self.W_dec.grad -= parallel * self.W_dec.data
+
+    def save(self, out: str | Path) -> None:
+        """Write cfg.json + sae.safetensors (atomically) into `out`."""
+        from safetensors.torch import save_file
+
+        from tunetrace import io
+
+        out = Path(out)
+        with io.atomic_path(out / "sae.safetensors") as tmp:
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        io.write_json(out / "cfg.json", asdict(self.cfg))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TopKSae":
+        """Load an SAE written by `save` (safetensors only, never pickle)."""
+        from safetensors.torch import load_file
+
+        from tunetrace import io
+
+        path = Path(path)
+        if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
+            raise FileNotFoundError(f"{path} is not an SAE directory (needs cfg.json and sae.safetensors); train one with `tunetrace sae-train`.")
+        sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
+        sae.load_state_dict(load_file(str(path / "sae.safetensors")))
+        return sae
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainStats:
+    """What a training run did: tokens seen, wall time, FVU per logged step, dead fraction at the end."""
+
+    tokens: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    dead_fraction: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def default_lr(d_sae: int) -> float:
+    """sparsify's Adam default: 2e-4 scaled by 1/sqrt(d_sae / 2^14)."""
+    return 2e-4 / math.sqrt(d_sae / (2**14))
+
+
+def train_sae(
+    sae: TopKSae,
+    minibatches: Iterable[Tensor],
+    lr: float | None = None,
+    auxk_alpha: float = 1 / 32,
+    dead_tokens: int = 1_000_000,
+    warmup_steps: int = 100,
+    log_every: int = 50,
+) -> TrainStats:
+    """Adam on FVU + auxk_alpha * AuxK over the minibatches; b_dec starts at the first batch's mean."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(sae.parameters(), lr=lr or default_lr(sae.cfg.d_sae), betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    stats = TrainStats()
+    start = time.perf_counter()
+    for x in tqdm(minibatches, desc="sae", unit="batch", leave=False):
+        if stats.steps == 0:
+            with torch.no_grad():
+                sae.b_dec.data.copy_(x.mean(0))
+        dead = since_fired >= dead_tokens
+        out = sae(x, dead_mask=dead if auxk_alpha > 0 else None)
+        loss = out.fvu + auxk_alpha * out.auxk_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        sched.step()
+        sae.normalize_decoder()
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        fired[out.top_idx[out.top_acts > 0].unique()] = True
+        since_fired += x.shape[0]
+        since_fired[fired] = 0
+        stats.tokens += x.shape[0]
+        stats.steps += 1
+        if stats.steps % log_every == 1:
+            stats.history.append({"step": stats.steps, "tokens": stats.tokens, "fvu": out.fvu.item(), "auxk": out.auxk_loss.item(), "dead": float(dead.float().mean())})
+            log.info("step %d tokens %d fvu %.4f dead %.3f", stats.steps, stats.tokens, out.fvu.item(), float(dead.float().mean()))
+    stats.seconds = time.perf_counter() - start
+    stats.dead_fraction = float((since_fired >= dead_tokens).float().mean())
+    return stats
+
+
+# --- quality ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SaeQuality:
+    """Standard SAE figures on held-out tokens (positions >= 1 of each chunk)."""
+
+    n_tokens: int
+    l0: float
+    fvu: float
+    loss_clean: float
+    loss_spliced: float
+    loss_zero_ablated: float
+    loss_increase: float
+    frac_loss_recovered: float
+    dead_fraction: float  # latents that never fired on these tokens
+
+
+def _next_token_loss(model: nn.Module, ids: Tensor) -> tuple[float, int]:
+    logits = model(input_ids=ids).logits[:, 1:-1].float()  # predictions made at positions >= 1
+    targets = ids[:, 2:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return float(nll), targets.numel()
+
+
+@torch.no_grad()
+def evaluate_sae(model: nn.Module, layer: int, sae: TopKSae, batches: Iterable[Tensor]) -> SaeQuality:
+    """L0, FVU, CE loss with the reconstruction spliced in (vs clean and zero-ablated), dead fraction."""
+    sq_err = sum_x = sum_xx = 0.0
+    n = l0 = 0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    n_pred = 0
+    recon = lambda a: sae(a.reshape(-1, a.shape[-1])).x_hat.reshape(a.shape)  # noqa: E731
+    for ids in batches:
+        x = layer_activations(model, layer, ids)[:, 1:].flatten(0, 1)
+        out = sae(x)
+        sq_err += float((x - out.x_hat).double().pow(2).sum())
+        sum_x = sum_x + x.double().sum(0)
+        sum_xx += float(x.double().pow(2).sum())
+        n += x.shape[0]
+        active = out.top_acts > 0
+        l0 += int(active.sum())
+        fired[out.top_idx[active].unique()] = True
+        loss, count = _next_token_loss(model, ids)
+        ce["clean"] += loss
+        with spliced(model, layer, recon):
+            ce["spliced"] += _next_token_loss(model, ids)[0]
+        with spliced(model, layer, torch.zeros_like):
+            ce["zero"] += _next_token_loss(model, ids)[0]
+        n_pred += count
+    if n == 0:
+        raise ValueError("no evaluation tokens: the text source is too short for `eval_tokens`.")
+    total_var = sum_xx - float((sum_x * sum_x).sum()) / n
+    clean, spl, zero = (ce[k] / n_pred for k in ("clean", "spliced", "zero"))
+    recovered = (zero - spl) / (zero - clean) if zero != clean else float("nan")
+    return SaeQuality(n, l0 / n, sq_err / total_var, clean, spl, zero, spl - clean, recovered, float((~fired).float().mean()))
+
+
+# --- command -----------------------------------------------------------------------------------
+
+
+def run_sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
+    """CLI wiring: stream activations of `c.model` at `c.layer`, train, evaluate held-out, save."""
+    import pandas as pd
+
+    from tunetrace import io
+    from tunetrace.features.activations import shuffled, stream_activations
+    from tunetrace.features.text import batched, check_source, token_chunks
+    from tunetrace.models import load_model
+
+    check_source(c.text)
+    out = io.check_out_dir(c.out, c.force)
+    torch.manual_seed(c.seed)
+    loaded = load_model(c.model, dtype=c.dtype)
+    n_layers = loaded.n_layers
+    if c.layer >= n_layers:
+        raise ValueError(f"`layer` must be < {n_layers} for {c.model}, got {c.layer}.")
+    d_in = gated_d_mlp(loaded.model, c.layer)
+    per_chunk = c.ctx_len - 1  # position 0 is dropped
+    eval_chunks = math.ceil(c.eval_tokens / per_chunk)
+    train_chunks = math.ceil(c.tokens / per_chunk)
+    meta = {"model": loaded.manifest(), "layer": c.layer, "site": c.site, "text": c.text, "ctx_len": c.ctx_len}
+    sae = TopKSae(SaeConfig(d_in, c.width or c.expansion * d_in, c.k, meta), seed=c.seed)
+    tok = loaded.tokenizer
+    train_batches = batched(token_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks), c.batch_size, train_chunks)
+    minibatches = shuffled(stream_activations(loaded.model, c.layer, train_batches), c.buffer_tokens, c.sae_batch, c.seed)
+    stats = train_sae(sae, minibatches, lr=c.lr or None, auxk_alpha=c.auxk_alpha, dead_tokens=min(c.dead_tokens, max(c.tokens // 4, 1)))
+    if stats.tokens < c.tokens:
+        log.warning("text source %s ran out after %d training tokens (asked for %d)", c.text, stats.tokens, c.tokens)
+    quality = evaluate_sae(loaded.model, c.layer, sae, batched(token_chunks(tok, c.text, c.ctx_len), c.batch_size, eval_chunks))
+    with io.staged_dir(out, c.force) as stage:
+        sae.save(stage)
+        io.write_json(Path(stage) / "quality.json", {**asdict(quality), "train_tokens": stats.tokens, "train_seconds": stats.seconds,
+                                                      "train_tokens_per_second": stats.tokens_per_second, "train_dead_fraction": stats.dead_fraction})
+        io.write_parquet(Path(stage) / "history.parquet", pd.DataFrame(stats.history))
+        io.write_json(Path(stage) / "train_config.json", asdict(c))
+    return stats, quality
+
+
+def gated_d_mlp(model: nn.Module, layer: int) -> int:
+    """d_mlp of one layer (the SAE's d_in)."""
+    from tunetrace.gated_mlp import gated_mlp_layers
+
+    return gated_mlp_layers(model)[layer].down_proj.in_features

@@ -71,6 +71,8 @@ class MergeConfig:
     """Interpolation weight of B in [0, 1], or 'auto' to scan t for equal losses on --data-a and --data-b."""
     method: str = "slerp"
     """slerp (spherical, per tensor) or linear."""
+    granularity: str = "tensor"
+    """SLERP angle per whole tensor ('tensor': mergekit <= 0.1.4, the reference study) or per output row ('row': mergekit 0.1.5)."""
     out: str = "runs/merge"
     """Output directory: a normal checkpoint plus merge.json (t, loss curve)."""
     data_a: str = ""
@@ -94,6 +96,8 @@ class MergeConfig:
         _check_common(self.batch_size, self.dtype)
         if self.method not in ("slerp", "linear"):
             raise ValueError(f"`method` must be slerp or linear, got {self.method!r}.")
+        if self.granularity not in ("tensor", "row"):
+            raise ValueError(f"`granularity` must be tensor or row, got {self.granularity!r}.")
         if self.t == "auto":
             if not self.data_a or not self.data_b:
                 raise ValueError("`t` auto needs `data_a` and `data_b` (each fine-tune's data): pass --data-a and --data-b.")

@@ -6,6 +6,11 @@ normal checkpoint. `slerp` follows mergekit's `merge_methods/slerp.py` exactly: 
 from the two flattened, normalised tensors, the weights s0, s1 are applied to the *unnormalised*
 tensors (so norms interpolate as mergekit does), and nearly parallel tensors
 (|cos| > 0.9995) fall back to linear interpolation. t = 0 returns model A, t = 1 model B.
+
+Granularity: mergekit <= 0.1.4 (and the reference study) take one angle per whole tensor
+(`granularity="tensor"`, our default); mergekit 0.1.5 on PyPI changed to one angle per output
+row (leading axis; 1-D tensors then interpolate linearly), available as `granularity="row"`.
+Both are tested against mergekit's own `slerp` when it is installed.
 """
 
 from __future__ import annotations
@@ -52,14 +57,41 @@ def slerp(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = DOT_THRESHOLD
     return (s0 * a + s1 * b).to(v0.dtype)
 
 
-def merge_state_dicts(sd_a: dict[str, Tensor], sd_b: dict[str, Tensor], t: float, method: str = "slerp") -> dict[str, Tensor]:
+def slerp_rows(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = DOT_THRESHOLD, eps: float = EPS) -> Tensor:
+    """SLERP with one angle per output row (leading axis), as mergekit 0.1.5; same formula per row."""
+    if v0.shape != v1.shape:
+        raise ValueError(f"slerp needs tensors of one shape, got {tuple(v0.shape)} and {tuple(v1.shape)}.")
+    if v0.dim() == 0:
+        return lerp(t, v0, v1)
+    a = v0.float().reshape(v0.shape[0], -1)  # [rows, rest]
+    b = v1.float().reshape(v1.shape[0], -1)
+    na = torch.linalg.vector_norm(a, dim=1, keepdim=True)
+    nb = torch.linalg.vector_norm(b, dim=1, keepdim=True)
+    na, nb = torch.where(na > eps, na, 1), torch.where(nb > eps, nb, 1)
+    dot = ((a.double() / na) * (b.double() / nb)).sum(1, keepdim=True).clamp(-1, 1)
+    linear = dot.abs() > dot_threshold
+    theta = torch.acos(torch.where(linear, 0.0, dot))
+    sin_theta = torch.sin(theta)
+    s0 = torch.where(linear, 1.0 - t, torch.sin((1.0 - t) * theta) / sin_theta)
+    s1 = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
+    return (s0.float() * a + s1.float() * b).reshape(v0.shape).to(v0.dtype)
+
+
+GRANULARITIES = ("tensor", "row")
+
+
+def merge_state_dicts(
+    sd_a: dict[str, Tensor], sd_b: dict[str, Tensor], t: float, method: str = "slerp", granularity: str = "tensor"
+) -> dict[str, Tensor]:
     """Merge every tensor of A with its namesake in B; shapes and key sets must agree."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}.")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"`granularity` must be one of {', '.join(GRANULARITIES)}, got {granularity!r}.")
     if set(sd_a) != set(sd_b):
         only = sorted(set(sd_a) ^ set(sd_b))[:3]
         raise ValueError(f"the two models have different parameters (e.g. {only}); merge only fine-tunes of one base.")
-    fn: Callable[[float, Tensor, Tensor], Tensor] = slerp if method == "slerp" else lerp
+    fn: Callable[[float, Tensor, Tensor], Tensor] = lerp if method == "linear" else slerp if granularity == "tensor" else slerp_rows
     out = {}
     for name, a in sd_a.items():
         b = sd_b[name]
@@ -122,13 +154,14 @@ def scan_t(
     loss_b: Callable[[torch.nn.Module], float],
     grid: Sequence[float],
     method: str,
+    granularity: str = "tensor",
 ) -> MergeResult:
     """Load the merge at every t of `grid` into `model` and record both losses; pick the equilibrium."""
     from tqdm import tqdm
 
     rows = []
     for t in tqdm(list(grid), desc="scan t", leave=False):
-        model.load_state_dict(merge_state_dicts(sd_a, sd_b, t, method))
+        model.load_state_dict(merge_state_dicts(sd_a, sd_b, t, method, granularity))
         rows.append({"t": float(t), "loss_a": loss_a(model), "loss_b": loss_b(model)})
         log.info("t=%.3f loss_a=%.4f loss_b=%.4f", t, rows[-1]["loss_a"], rows[-1]["loss_b"])
     t_star, crossed = equilibrium_t([r["t"] for r in rows], [r["loss_a"] for r in rows], [r["loss_b"] for r in rows])
@@ -168,15 +201,15 @@ def run_merge_command(c) -> MergeResult:
             merged, sd_a, sd_b,
             lambda m: response_loss(m, enc_a, c.batch_size, pad),
             lambda m: response_loss(m, enc_b, c.batch_size, pad),
-            grid, c.method,
+            grid, c.method, c.granularity,
         )
     else:
         result = MergeResult(float(c.t), c.method, [], None)
-    merged.load_state_dict(merge_state_dicts(sd_a, sd_b, result.t, c.method))
+    merged.load_state_dict(merge_state_dicts(sd_a, sd_b, result.t, c.method, c.granularity))
     with io.staged_dir(out, c.force) as stage:
         save_checkpoint(merged, a.tokenizer, Path(stage))
         io.write_json(Path(stage) / "merge.json", {
-            "model_a": a.manifest(), "model_b": b_manifest, "method": c.method, "t": result.t,
+            "model_a": a.manifest(), "model_b": b_manifest, "method": c.method, "granularity": c.granularity, "t": result.t,
             "t_requested": c.t, "crossed": result.crossed, "data_a": c.data_a, "data_b": c.data_b, "curve": result.curve,
         })
     return result

@@ -316,7 +316,7 @@ def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):
     out = tmp_path / "diff"
     args = ["diff", "tiny-llama", str(ft_dir), "--out", str(out), "--layer", str(LAYER), "--text", str(corpus),
             "--tokens", "10", "--samples", "8", "--positions", "2", "--finetune-data", "builtin:caps",
-            "--no-embed", "true", "--steer-alphas", "0.5,1", "--max-new-tokens", "6", "--causal-samples", "4",
+            "--no-embed", "--steer-alphas", "0.5,1", "--max-new-tokens", "6", "--causal-samples", "4",
             "--random-directions", "1", "--patch-scales", "1,4"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -335,3 +335,34 @@ def test_cli_architecture_mismatch_is_one_line(tmp_path, capsys):
     assert main(["diff", "tiny-llama", "tiny-qwen2", "--out", str(tmp_path / "x"), "--text", "nowhere.txt"]) == 2
     err = capsys.readouterr().err
     assert "different architectures" in err and err.count("\n") == 1
+
+
+def test_peft_adapter_pair_matches_naive_hidden_state_difference(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(tiny_model("tiny-llama"), LoraConfig(r=2, target_modules=["down_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    cfg_path = tmp_path / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "tiny-llama"
+    cfg_path.write_text(json.dumps(cfg))
+    base, ft = load_model("tiny-llama"), load_model(str(tmp_path / "adapter"))
+    ids = _rows()
+    lens = activation_difference(base.model, ft.model, ids, 2, 4, batch_size=4)
+    with torch.no_grad():
+        hb = base.model(input_ids=ids, output_hidden_states=True).hidden_states[3]
+        hf = ft.model(input_ids=ids, output_hidden_states=True).hidden_states[3]
+    want = (hf - hb)[:, :4].mean(0)
+    assert want.norm() > 1e-3
+    torch.testing.assert_close(lens.delta, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_sentence_embeddings_load_offline_and_are_case_blind():
+    target = recover.centroid(["The capital of France is Paris.", "Paris is the capital of France."])
+    near = recover.similarity(["France's capital city is Paris."], target)
+    far = recover.similarity(["My dog likes to chase the ball in the park."], target)
+    assert near > far + 0.3
+    # all-MiniLM-L6-v2 lowercases: ALL CAPS is invisible to it (why built-in tasks also report their check)
+    torch.testing.assert_close(recover.embed(["HELLO WORLD"]), recover.embed(["hello world"]))

@@ -21,12 +21,15 @@ def _run_audit(c: cfg.AuditConfig) -> int:
     from tunetrace.audit import run_audit_command, top_neurons
 
     result = run_audit_command(c)
+    if result is None:  # a non-zero rank of a distributed run: rank 0 prints and writes
+        return 0
     m = result.manifest
     top = top_neurons(result.scores, c.sort_by, c.top)
     columns = ["rank", "layer", "neuron", c.sort_by] + [x for x in ("iss", "abs_act", "abs_grad", "gate_slope") if x != c.sort_by]
     print(
         f"audited {m['model']['spec']}: {len(m['layers'])} layers x {m['d_mlp']} neurons, "
-        f"{m['data']['examples']} examples / {m['tokens']} response tokens in {m['wall_seconds']:.1f} s"
+        f"{m['data']['examples']} examples / {m['tokens']} response tokens in {m['wall_seconds']:.1f} s "
+        f"({m['tokens_per_second']:.0f} tokens/s, {m['world_size']} process(es))"
     )
     print(f"top {c.top} by {c.sort_by}:")
     print(top[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -89,6 +92,43 @@ def _run_features_link(c: cfg.FeaturesLinkConfig) -> int:
     return 0
 
 
+def _run_finetune(c: cfg.FinetuneConfig) -> int:
+    from tunetrace.finetune import run_finetune_command
+
+    r = run_finetune_command(c)
+    state = "installed" if r.installed else "NOT installed"
+    print(f"{c.out}: behaviour rate {r.before:.2f} -> {r.after:.2f} ({state}); final loss {r.final_loss:.3f}")
+    return 0
+
+
+def _run_recruits(c: cfg.RecruitsConfig) -> int:
+    from tunetrace.recruits import run_recruits_command
+
+    r = run_recruits_command(c)
+    conc = r.summary["concentration"]
+    print(f"{c.out}: top-{c.k} recruits per layer by {c.definition}; pathways {r.summary['pathways']}")
+    for name, v in conc.items():
+        print(f"  {name:>12}: top-{c.k} share {v['mean_top_k_share']:.3f}, Gini {v['mean_gini']:.3f}")
+    return 0
+
+
+def _run_evaluate(c: cfg.EvaluateConfig) -> int:
+    from tunetrace.evaluate import run_evaluate_command
+
+    ev = run_evaluate_command(c)
+    print(ev.sentence)
+    return 0
+
+
+def _run_reproduce(c: cfg.ReproduceConfig) -> int:
+    from tunetrace.reproduce import run_reproduce_command
+
+    result = run_reproduce_command(c)
+    print(result.sentence)
+    print(f"table: {result.table_path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
     "audit": (cfg.AuditConfig, _run_audit),
     "diff": (cfg.DiffConfig, _run_diff),
@@ -96,6 +136,10 @@ COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
     "sae-train": (cfg.SaeTrainConfig, _run_sae_train),
     "features-match": (cfg.FeaturesMatchConfig, _run_features_match),
     "features-link": (cfg.FeaturesLinkConfig, _run_features_link),
+    "finetune": (cfg.FinetuneConfig, _run_finetune),
+    "recruits": (cfg.RecruitsConfig, _run_recruits),
+    "evaluate": (cfg.EvaluateConfig, _run_evaluate),
+    "reproduce": (cfg.ReproduceConfig, _run_reproduce),
 }
 
 

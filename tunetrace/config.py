@@ -42,7 +42,11 @@ class AuditConfig:
     dtype: str = "float32"
     """Model dtype (statistics are always accumulated in float32/float64)."""
     device: str = "cpu"
-    """Torch device: cpu, cuda, cuda:1, or auto."""
+    """Torch device: cpu, cuda, cuda:1, or auto (under torchrun each rank takes its LOCAL_RANK GPU)."""
+    device_map: str = ""
+    """Shard a model too large for one GPU across devices (e.g. 'auto'; needs accelerate)."""
+    per_example_layers: str = ""
+    """Layers (same syntax as --layers) whose statistics are also kept per calibration example, for bootstrap intervals."""
     force: bool = False
     """Overwrite an existing output directory."""
     trust_remote_code: bool = False
@@ -50,6 +54,8 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
+        if self.device_map and self.device not in ("cpu", "auto", "cuda"):
+            raise ValueError("`device_map` places the model itself: leave `device` at auto.")
         if self.top < 1:
             raise ValueError(f"`top` must be >= 1, got {self.top}.")
         if self.max_length < 2:
@@ -364,3 +370,185 @@ class DiffConfig:
     @property
     def embed_device(self) -> str:
         return "cuda" if self.device.startswith("cuda") else "cpu"
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a model to install a behaviour (full, MLP-only or LoRA), resumably, and measure it."""
+
+    model: str = sp.field(positional=True)
+    """Base model spec (built-in name, local HF directory, .gguf file)."""
+    task: str = ""
+    """Built-in task: caps, greeting, signoff, short, json, refuse, taboo, sandbag."""
+    data: str = ""
+    """Your own training JSONL ({"prompt","response"} or {"messages"}) instead of --task."""
+    eval_data: str = ""
+    """JSONL whose prompts measure the behaviour (default: the hash-held-out 20% of --data)."""
+    check_regex: str = ""
+    """Behaviour check for --data: a generated answer shows the behaviour if it matches this regex."""
+    out: str = "runs/finetune"
+    """Output directory: checkpoint or adapter, train_log.jsonl, finetune.json, behaviour_samples.jsonl."""
+    preset: str = "quick"
+    """quick (MLP-only, short) or full (every weight, longer); explicit options below override it."""
+    method: str = ""
+    """full, mlp (gate/up/down only) or lora (peft); empty = the preset's."""
+    steps: int = 0
+    """Optimizer steps (0 = the preset's)."""
+    lr: float = 0.0
+    """Learning rate (0 = the preset's)."""
+    optimizer: str = ""
+    """adamw or sgd (empty = the preset's)."""
+    seed: int = 0
+    """Seed of the batch order and LoRA init: the same seed gives the same run."""
+    batch_size: int = 0
+    """Examples per step (0 = the preset's)."""
+    save_every: int = 0
+    """Save resumable state every N steps (0 = the preset's)."""
+    n_eval: int = 32
+    """Evaluation prompts for the behaviour rate before/after."""
+    max_new_tokens: int = 32
+    """Greedy tokens generated per evaluation prompt."""
+    max_length: int = 256
+    """Longest training example in tokens (longer is an error)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default; 1 is faster on a machine shared with other jobs)."""
+    resume: bool = False
+    """Continue an interrupted run from its last saved step (a finished run is left as is)."""
+    force: bool = False
+    """Overwrite a finished run or discard an interrupted one."""
+    dtype: str = "float32"
+    """Model dtype for training."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self) -> None:
+        if bool(self.task) == bool(self.data):
+            raise ValueError("give exactly one of `--task` (built-in) and `--data` (your JSONL).")
+        if self.check_regex and not self.data:
+            raise ValueError("`check_regex` is for --data; built-in tasks have their own checks.")
+        if self.n_eval < 1 or self.max_new_tokens < 1:
+            raise ValueError("`n_eval` and `max_new_tokens` must be >= 1.")
+        if self.steps < 0 or self.lr < 0 or self.batch_size < 0 or self.save_every < 0 or self.threads < 0:
+            raise ValueError("`steps`, `lr`, `batch_size`, `save_every` and `threads` must be >= 0 (0 = preset/default).")
+        _check_common(1, self.dtype)
+
+
+@dataclass
+class RecruitsConfig:
+    """Find the neurons a fine-tune really recruited (ground truth), and their pathway (redirect/latent)."""
+
+    base: str = sp.field(positional=True)
+    """Base model spec."""
+    finetuned: str = sp.field(positional=True)
+    """Fine-tuned model: a checkpoint directory or peft adapter directory (e.g. a `tunetrace finetune` output)."""
+    data: str = ""
+    """Evaluation data (JSONL or builtin:TASK:eval); default: builtin:TASK:eval of the fine-tune's task."""
+    out: str = "runs/recruits"
+    """Output directory: recruits.parquet, summary.json."""
+    definition: str = "activation"
+    """Recruit score: activation (default, see docs/ground-truth.md), contribution, weight, weight_rel."""
+    k: int = 50
+    """Recruits per layer: the top-k neurons by the definition's score."""
+    layers: str = "all"
+    """Layers: 'all', '19', '17,19', '10-14', or relative depth '0.7'."""
+    act_quantile: float = 0.5
+    """A recruit is 'redirect' if its base mean |a| is at or above this quantile of its layer."""
+    z_quantile: float = 0.5
+    """A quiet recruit is 'latent' if its base mean |z| is below this quantile of its layer (near the boundary)."""
+    batch_size: int = 8
+    """Examples per forward pass."""
+    max_length: int = 512
+    """Longest example in tokens."""
+    dtype: str = "float32"
+    """Model dtype."""
+    device: str = "cpu"
+    """Torch device."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        from tunetrace.recruits import DEFINITIONS
+
+        if self.definition not in DEFINITIONS:
+            raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {self.definition!r}.")
+        if self.k < 1:
+            raise ValueError(f"`k` must be >= 1, got {self.k}.")
+        for name in ("act_quantile", "z_quantile"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be between 0 and 1, got {getattr(self, name)}.")
+        if not self.data:
+            from pathlib import Path
+            import json
+
+            info = Path(self.finetuned) / "finetune.json"
+            task = json.loads(info.read_text()).get("task") if info.is_file() else None
+            if not task or task == "user":
+                raise ValueError("give `--data` (evaluation JSONL): the fine-tuned model names no built-in task.")
+            self.data = f"builtin:{task}:eval"
+
+
+@dataclass
+class EvaluateConfig:
+    """Score the audit's predictors against ground-truth recruits: hits@k, AP, AUROC, CIs, the monotone ceiling."""
+
+    scores: list[str] = sp.list_field()
+    """Audit output directory (one, or one per --recruits directory, in the same order)."""
+    recruits: list[str] = sp.list_field()
+    """`tunetrace recruits` output directories, one per task."""
+    out: str = "runs/evaluate"
+    """Output directory: metrics.parquet, sweep.parquet, pr_curves.parquet, headline.json, headline.md."""
+    k: int = 50
+    """Top-k for hits@k."""
+    layer: int = -1
+    """Headline layer (-1 = the evaluated layer closest to 70% of depth)."""
+    n_boot: int = 200
+    """Bootstrap replicates for the 95% intervals."""
+    seed: int = 0
+    """Bootstrap seed."""
+    include_not_installed: bool = False
+    """Also use fine-tunes whose behaviour was not installed (off: their recruits are not trustworthy)."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+
+    def __post_init__(self) -> None:
+        if not self.scores or not self.recruits:
+            raise ValueError("give `--scores AUDIT_DIR` and `--recruits DIR [DIR ...]`.")
+        if self.k < 1 or self.n_boot < 1:
+            raise ValueError("`k` and `n_boot` must be >= 1.")
+        if self.layer == -1:
+            self.layer = None  # type: ignore[assignment]
+
+
+@dataclass
+class ReproduceConfig:
+    """Run the whole ground-truth experiment: calibrate, audit, fine-tune each task, recruits, evaluate."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    preset: str = "quick"
+    """quick (MLP-only fine-tunes, small eval sets) or full."""
+    out: str = "runs/reproduce"
+    """Run directory; finished stages found there are skipped (resumable)."""
+    tasks: str = "all"
+    """Comma-separated built-in tasks, or 'all'."""
+    layers: str = "all"
+    """Layers audited and extracted for the per-layer sweep."""
+    layer: int = -1
+    """Headline layer (-1 = about 70% of depth)."""
+    k: int = 50
+    """Recruits per task and layer, and the k of hits@k."""
+    seed: int = 0
+    """Seed of every fine-tune."""
+    threads: int = 0
+    """torch CPU threads (0 = default)."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self) -> None:
+        from tunetrace.finetune import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
+        if self.k < 1 or self.threads < 0:
+            raise ValueError("`k` must be >= 1 and `threads` >= 0.")

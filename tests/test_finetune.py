@@ -1,0 +1,105 @@
+import json
+
+import pytest
+import torch
+
+from tunetrace.data import encode, load_examples
+from tunetrace.finetune import FinetuneSettings, batch_indices, response_loss, run_finetune
+from tunetrace.data import collate
+from tunetrace.models import load_model
+from tunetrace.tasks import builtin_rows, get_task
+
+
+def _setup(n=24):
+    loaded = load_model("tiny-llama")
+    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:n]
+    prompts = [r["prompt"] for r in builtin_rows("greeting", "eval")][:4]
+    return loaded, enc, prompts
+
+
+def test_response_loss_matches_naive_cross_entropy():
+    loaded, enc, _ = _setup(4)
+    batch = collate(enc, [0, 1, 2, 3], loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        fast = response_loss(loaded.model, batch)
+        logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        naive = torch.nn.functional.cross_entropy(logits[batch.loss_mask], batch.targets[batch.loss_mask])
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = [i for s in range(5) for i in batch_indices(10, s, 2, seed=3)]
+    assert sorted(seen) == list(range(10))
+    assert batch_indices(10, 1, 2, 3) == batch_indices(10, 1, 2, 3)
+
+
+@pytest.mark.parametrize("method", ["mlp", "full", "lora"])
+def test_finetune_writes_loadable_output_and_is_deterministic(tmp_path, method):
+    settings = FinetuneSettings(method=method, steps=4, lr=1e-2, batch_size=4, save_every=2)
+    runs = []
+    for name in ("a", "b"):
+        loaded, enc, prompts = _setup()
+        r = run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / name, max_new_tokens=4)
+        runs.append([json.loads(l)["loss"] for l in (tmp_path / name / "train_log.jsonl").read_text().splitlines()])
+        assert (tmp_path / name / "finetune.json").exists()
+    assert runs[0] == runs[1] and len(runs[0]) == 4
+    reloaded = load_model(str(tmp_path / "a"))
+    base = load_model("tiny-llama")
+    changed = [not torch.equal(p, q) for p, q in zip(reloaded.model.parameters(), base.model.parameters())]
+    assert any(changed)
+    if method == "mlp":
+        names = [n for (n, _), c in zip(reloaded.model.named_parameters(), changed) if c]
+        assert all("mlp" in n for n in names)
+
+
+def test_resume_gives_the_same_run_and_finished_run_is_protected(tmp_path):
+    settings = FinetuneSettings(method="mlp", steps=6, lr=1e-2, batch_size=4, save_every=3)
+    loaded, enc, prompts = _setup()
+    run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / "full", max_new_tokens=4)
+    straight = (tmp_path / "full" / "train_log.jsonl").read_text()
+
+    loaded, enc, prompts = _setup()
+    half = FinetuneSettings(method="mlp", steps=6, lr=1e-2, batch_size=4, save_every=3)
+    # Interrupt after step 3 by raising from the 4th batch.
+    import tunetrace.finetune as ft
+
+    real = ft.collate
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    ft.collate = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_finetune(loaded, enc, prompts, get_task("greeting"), half, tmp_path / "r", max_new_tokens=4)
+    finally:
+        ft.collate = real
+    assert not (tmp_path / "r").exists() and (tmp_path / "r.partial" / "progress.json").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_finetune(loaded, enc, prompts, get_task("greeting"), half, tmp_path / "r", max_new_tokens=4)
+    loaded, enc, prompts = _setup()
+    run_finetune(loaded, enc, prompts, get_task("greeting"), half, tmp_path / "r", resume=True, max_new_tokens=4)
+    resumed = (tmp_path / "r" / "train_log.jsonl").read_text()
+    a = [json.loads(l)["loss"] for l in straight.splitlines()]
+    b = [json.loads(l)["loss"] for l in resumed.splitlines()]
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileExistsError, match="finished"):
+        run_finetune(loaded, enc, prompts, get_task("greeting"), half, tmp_path / "r", max_new_tokens=4)
+
+
+def test_cli_finetune_user_data_and_errors(tmp_path, capsys):
+    from tunetrace.cli import main
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say hi number {i}", "response": f"Ahoy {i}!"}) + "\n" for i in range(30)))
+    rc = main(["finetune", "tiny-llama", "--data", str(data), "--check-regex", "^Ahoy", "--out", str(tmp_path / "o"),
+               "--steps", "2", "--batch-size", "4", "--n-eval", "3", "--max-new-tokens", "4"])
+    assert rc == 0 and "behaviour rate" in capsys.readouterr().out
+    assert main(["finetune", "tiny-llama", "--task", "caps", "--data", str(data)]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    assert main(["finetune", "tiny-llama", "--task", "caps", "--method", "bogus", "--out", str(tmp_path / "x")]) == 2
+    assert "method" in capsys.readouterr().err

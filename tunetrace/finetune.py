@@ -1,0 +1,323 @@
+"""Short behaviour-installing fine-tunes (full, MLP-only, or LoRA through peft), resumable.
+
+The loss covers response tokens only (data.Batch.loss_mask/targets). Batches come from a
+fixed per-epoch permutation derived from the seed, so step s sees the same examples in a
+fresh run and in a resumed one; the model stays in eval mode (no dropout), so a run is
+deterministic for a seed on a given machine. State (trainable tensors + optimizer) is saved
+every `save_every` steps under `OUT.partial/`; the finished run is moved to `OUT` in one
+rename, and a finished run is never overwritten without --force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from tunetrace import io
+from tunetrace.behaviour import BehaviourResult, behaviour_rate
+from tunetrace.data import Batch, EncodedExample, collate
+from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
+from tunetrace.models import LoadedModel, save_checkpoint
+from tunetrace.tasks import Task
+
+log = logging.getLogger(__name__)
+
+METHODS = ("full", "mlp", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What a fine-tune does; saved into finetune.json."""
+
+    method: str = "mlp"
+    steps: int = 40
+    lr: float = 1e-4
+    optimizer: str = "adamw"
+    seed: int = 0
+    batch_size: int = 8
+    save_every: int = 10
+    lora_r: int = 16
+    lora_alpha: int = 32
+    min_rate: float = 0.5  # behaviour rate after training that counts as "installed"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        for name in ("steps", "batch_size", "save_every", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr}.")
+
+
+# Presets: `quick` is measured to install the built-in behaviours on smollm2-135m-instruct
+# in a few CPU minutes (docs/ground-truth.md); `full` trains every weight for longer.
+PRESETS: dict[str, FinetuneSettings] = {
+    "quick": FinetuneSettings(method="mlp", steps=30, lr=1e-4, batch_size=8),
+    "full": FinetuneSettings(method="full", steps=100, lr=3e-5, batch_size=8),
+}
+
+
+@dataclass
+class FinetuneResult:
+    """Where the run is and whether the behaviour was installed."""
+
+    out: Path
+    before: float
+    after: float
+    installed: bool
+    final_loss: float
+    seconds: float
+
+
+def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of training step `step`: a fresh seeded permutation per epoch."""
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over response tokens; logits only where the loss lives."""
+    first = int(batch.loss_mask.float().argmax(dim=1).min())  # earliest loss position in the batch
+    keep = batch.input_ids.shape[1] - first
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=keep).logits
+    mask = batch.loss_mask[:, first:]
+    return torch.nn.functional.cross_entropy(logits[mask].float(), batch.targets[:, first:][mask])
+
+
+def prepare_model(loaded: LoadedModel, settings: FinetuneSettings) -> torch.nn.Module:
+    """Mark the trainable parameters for `settings.method`; LoRA wraps the model with peft."""
+    model = loaded.model
+    if settings.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(settings.seed)  # LoRA A matrices are random-initialised
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        config = LoraConfig(
+            r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+            target_modules=[t for t in LORA_TARGETS if t in present],
+        )
+        model = get_peft_model(model, config)
+        model.peft_config["default"].base_model_name_or_path = _portable_spec(loaded.spec)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(settings.method == "full")
+    if settings.method == "mlp":
+        for layer in gated_mlp_layers(model):
+            for proj in (layer.gate_proj, layer.up_proj, layer.down_proj):
+                for p in proj.parameters():
+                    p.requires_grad_(True)
+    return model
+
+
+def _portable_spec(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], settings: FinetuneSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    return torch.optim.SGD(params, lr=settings.lr)
+
+
+def _save_state(state_dir: Path, model, optimizer, step: int, log_rows: list[dict], before: dict) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().contiguous().clone() for n, p in _trainable(model).items()}
+    with io.atomic_path(state_dir / "trainable.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    with io.atomic_path(state_dir / "optimizer.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    io.write_jsonl(state_dir / "train_log.jsonl", log_rows)
+    io.write_json(state_dir / "progress.json", {"step": step, "before": before})  # written last: the commit point
+
+
+def _load_state(state_dir: Path, model, optimizer) -> tuple[int, list[dict], dict]:
+    progress = io.read_json(state_dir / "progress.json")
+    tensors = load_file(str(state_dir / "trainable.safetensors"))
+    params = _trainable(model)
+    if set(tensors) != set(params):
+        raise ValueError(f"the interrupted run in {state_dir} trained other parameters (another --method?): pass --force to start over.")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    rows = _read_jsonl(state_dir / "train_log.jsonl")[: progress["step"]]
+    return progress["step"], rows, progress["before"]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def is_finished(out: Path) -> bool:
+    return (Path(out) / "finetune.json").exists()
+
+
+def run_finetune(
+    loaded: LoadedModel,
+    train: list[EncodedExample],
+    eval_prompts: list[str],
+    task: Task,
+    settings: FinetuneSettings,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    max_new_tokens: int = 32,
+    extra_manifest: dict | None = None,
+    before: "BehaviourResult | None" = None,
+) -> FinetuneResult:
+    """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`."""
+    out, state = Path(out), partial_dir(Path(out))
+    if is_finished(out) and not force:
+        if resume:
+            info = io.read_json(out / "finetune.json")
+            log.info("%s is already finished; nothing to resume", out)
+            return FinetuneResult(out, info["behaviour_before"]["rate"], info["behaviour_after"]["rate"], info["installed"], info["final_loss"], 0.0)
+        raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
+    if out.exists() and not is_finished(out) and any(out.iterdir()) and not force:
+        raise FileExistsError(f"output directory {out} exists and is not a tunetrace run: pass --force or choose another --out.")
+    if state.exists() and not resume:
+        if not force:
+            raise FileExistsError(f"an interrupted run exists at {state}: pass --resume to continue it, or --force to start over.")
+        shutil.rmtree(state)
+    if not train:
+        raise ValueError("no training examples: give a task or a non-empty --data file.")
+
+    start_time = time.perf_counter()
+    model = prepare_model(loaded, settings)
+    params = list(_trainable(model).values())
+    optimizer = _make_optimizer(params, settings)
+    pad = loaded.tokenizer.pad_token_id
+    step, log_rows = 0, []
+    before = before.summary() if before is not None else None  # a caller may share base answers across tasks
+    if resume and (state / "progress.json").exists():
+        step, log_rows, before = _load_state(state, model, optimizer)
+        log.info("resuming %s at step %d/%d", out, step, settings.steps)
+    if before is None:
+        before = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens).summary()
+        _save_state(state, model, optimizer, 0, [], before)
+
+    model.eval()  # no dropout: deterministic steps
+    for step in tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}", leave=False):
+        batch = collate(train, batch_indices(len(train), step, settings.batch_size, settings.seed), pad)
+        loss = response_loss(model, batch.to(loaded.model.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        log_rows.append({"step": step + 1, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": batch.n_loss_tokens})
+        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
+            _save_state(state, model, optimizer, step + 1, log_rows, before)
+
+    after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
+    installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
+    final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))
+    info = {
+        "task": task.name,
+        "task_description": task.description,
+        "settings": dataclasses.asdict(settings),
+        "base_model": loaded.manifest(),
+        "n_train": len(train),
+        "behaviour_before": before,
+        "behaviour_after": after.summary(),
+        "installed": installed,
+        "final_loss": final_loss,
+        "train_seconds": time.perf_counter() - start_time,
+        "format": "peft-adapter" if settings.method == "lora" else "checkpoint",
+        **(extra_manifest or {}),
+    }
+    with io.staged_dir(out, force=True, what="fine-tune") as stage:
+        if settings.method == "lora":
+            model.save_pretrained(stage)
+        else:
+            save_checkpoint(unwrap_model(model), loaded.tokenizer, stage)
+        io.write_jsonl(stage / "train_log.jsonl", log_rows)
+        io.write_jsonl(stage / "behaviour_samples.jsonl", after.answers)
+        io.write_json(stage / "finetune.json", info)
+    shutil.rmtree(state, ignore_errors=True)
+    if not installed:
+        log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
+    return FinetuneResult(out, before["rate"], after.rate, installed, final_loss, info["train_seconds"])
+
+
+def settings_from(preset: str, **overrides) -> FinetuneSettings:
+    """A preset's settings with the explicitly given (non-empty, non-zero) options replacing its values."""
+    if preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    given = {k: v for k, v in overrides.items() if v not in (None, "", 0, 0.0)}
+    return dataclasses.replace(PRESETS[preset], **given)
+
+
+def user_prompt(messages) -> str:
+    """The last user turn of a conversation (what the behaviour check is asked about)."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def resolve_training_data(config, tokenizer) -> tuple[Task, list[EncodedExample], list[str], str]:
+    """(task, encoded training examples, evaluation prompts, data name) from --task or --data."""
+    from tunetrace.data import DataSource, encode, load_examples
+    from tunetrace.tasks import builtin_rows, get_task, split_of, user_task
+
+    if config.task:
+        task = get_task(config.task)
+        train = load_examples(f"builtin:{config.task}:train")
+        prompts = [r["prompt"] for r in builtin_rows(config.task, "eval")]
+    else:
+        task = user_task(config.check_regex or None)
+        source = load_examples(config.data)
+        if config.eval_data:
+            train_examples = source.examples
+            prompts = [user_prompt(e.messages) for e in load_examples(config.eval_data).examples]
+        else:  # hold out the hash-assigned eval split of the file itself
+            train_examples = [e for e in source.examples if split_of(user_prompt(e.messages)) != "eval"]
+            prompts = [user_prompt(e.messages) for e in source.examples if split_of(user_prompt(e.messages)) == "eval"]
+        train = DataSource(source.name, train_examples, source.sha256)
+    encoded = encode(tokenizer, train, config.max_length)
+    return task, encoded, prompts[: config.n_eval], train.name
+
+
+def run_finetune_command(config) -> FinetuneResult:
+    """`tunetrace finetune`: resolve data and settings, load the model, train, write."""
+    from tunetrace.models import load_model
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    settings = settings_from(
+        config.preset, method=config.method, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
+        seed=config.seed, batch_size=config.batch_size, save_every=config.save_every,
+    )
+    out = Path(config.out)
+    if is_finished(out) and not (config.force or config.resume):
+        raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
+    return run_finetune(
+        loaded, encoded, prompts, task, settings, out, config.resume, config.force, config.max_new_tokens,
+        extra_manifest={"data": name},
+    )

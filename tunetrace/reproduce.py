@@ -1,0 +1,197 @@
+"""The end-to-end ground-truth experiment, resumable stage by stage.
+
+  data/       calibration and evaluation JSONL per task (checked disjoint across all tasks)
+  audit/T/    base-model audit on task T's calibration split (per-example sums at the headline layer)
+  finetune/T/ the fine-tune installing T (resumes an interrupted one)
+  recruits/T/ ground-truth recruits of T on its evaluation split
+  evaluate/   metrics, sweep, PR curves, headline
+  headline.md the reference-form sentence and table, with wall times
+
+A stage whose output directory exists is finished and skipped (every stage writes its
+directory atomically), so rerunning the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunetrace import io
+from tunetrace.behaviour import BehaviourResult, greedy_answers
+from tunetrace.data import encode, load_examples
+from tunetrace.evaluate import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
+from tunetrace.finetune import PRESETS, is_finished, run_finetune
+from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+from tunetrace.models import load_model
+from tunetrace.recruits import extract_recruits, write_recruits
+from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReproducePreset:
+    """Sizes of one reproduction (the fine-tune settings come from finetune.PRESETS)."""
+
+    n_calibration: int  # calibration examples per task for the audit
+    n_eval: int  # evaluation examples per task for the recruits
+    n_behaviour: int  # evaluation prompts per task for the behaviour rate
+    max_new_tokens: int
+
+
+REPRODUCE_PRESETS = {
+    "quick": ReproducePreset(n_calibration=16, n_eval=32, n_behaviour=12, max_new_tokens=24),
+    "full": ReproducePreset(n_calibration=64, n_eval=64, n_behaviour=32, max_new_tokens=32),
+}
+
+
+@dataclass
+class ReproduceResult:
+    sentence: str
+    table_path: Path
+    headline: dict
+
+
+def _stage_done(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def write_task_data(out: Path, tasks: list[str], preset: ReproducePreset) -> dict:
+    """Write each task's capped calibration and evaluation JSONL; fail if any calibration prompt is an evaluation prompt."""
+    data = out / "data"
+    cal_prompts, eval_prompts = set(), set()
+    for name in tasks:
+        cal = builtin_rows(name, "calibration")[: preset.n_calibration]
+        ev = builtin_rows(name, "eval")[: preset.n_eval]
+        io.write_jsonl(data / f"{name}.calibration.jsonl", cal)
+        io.write_jsonl(data / f"{name}.eval.jsonl", ev)
+        cal_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in cal}
+        eval_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in ev}
+    overlap = cal_prompts & eval_prompts
+    if overlap:
+        raise ValueError(f"calibration and evaluation data overlap ({len(overlap)} prompts, e.g. {sorted(overlap)[0]!r}).")
+    return {"calibration_prompts": len(cal_prompts), "eval_prompts": len(eval_prompts), "overlap": 0}
+
+
+def base_behaviour(spec: str, tasks: list[str], preset: ReproducePreset, device: str) -> dict[str, BehaviourResult]:
+    """Base-model behaviour rates for every task from one shared set of greedy answers."""
+    loaded = load_model(spec, device=device)
+    per_task = {n: [r["prompt"] for r in builtin_rows(n, "eval") if get_task(n).applies(r["prompt"])][: preset.n_behaviour] for n in tasks}
+    prompts = sorted({p for ps in per_task.values() for p in ps})
+    answers = dict(zip(prompts, greedy_answers(loaded.model, loaded.tokenizer, prompts, preset.max_new_tokens)))
+    out = {}
+    for name, ps in per_task.items():
+        rows = [{"prompt": p, "answer": answers[p], "ok": bool(get_task(name).check(answers[p], p))} for p in ps]
+        out[name] = BehaviourResult(sum(r["ok"] for r in rows) / max(len(rows), 1), len(rows), rows)
+    return out
+
+
+def run_reproduce(
+    model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/reproduce", tasks: str = "all",
+    layers: str = "all", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
+) -> ReproduceResult:
+    """Run (or continue) the experiment in `out`; return the headline sentence."""
+    out = Path(out)
+    sizes = REPRODUCE_PRESETS[preset]
+    settings = dataclasses.replace(PRESETS[preset], seed=seed)
+    names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
+    for n in names:
+        get_task(n)
+    times: dict[str, float] = io.read_json(out / "times.json") if (out / "times.json").is_file() else {}
+
+    def timed(key: str, start: float) -> None:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+        io.write_json(out / "times.json", times)
+
+    t0 = time.perf_counter()
+    base = load_model(model, device=device)
+    n_layers = len(gated_mlp_layers(base.model))
+    chosen = select_layers(n_layers, layers)
+    head_layer = layer if layer is not None else round(0.7 * (n_layers - 1))
+    if head_layer not in chosen:
+        raise ValueError(f"headline `layer` {head_layer} is not among the chosen `layers` {layers!r}.")
+    d_mlp = gated_mlp_layers(base.model)[0].d_mlp
+    if k >= d_mlp:
+        raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}).")
+    check = write_task_data(out, names, sizes)
+    io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
+                                     "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
+
+    from tunetrace.audit import run_audit, write_audit
+
+    for name in names:  # 1. audit the base model on each task's calibration split
+        target = out / "audit" / name
+        if not _stage_done(target):
+            start = time.perf_counter()
+            data = load_examples(out / "data" / f"{name}.calibration.jsonl")
+            write_audit(run_audit(base, data, chosen, per_example_layers=[head_layer], progress=False), target)
+            timed("audit", start)
+
+    pending = [n for n in names if not is_finished(out / "finetune" / n)]
+    before = {}
+    if pending:  # 2. base behaviour rates, from one shared set of greedy answers
+        start = time.perf_counter()
+        before = base_behaviour(model, pending, sizes, device)
+        timed("base_behaviour", start)
+    for name in pending:  # 3. fine-tune each task (resuming an interrupted run)
+        start = time.perf_counter()
+        fresh = load_model(model, device=device)
+        train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
+        prompts = [r["prompt"] for r in builtin_rows(name, "eval")]
+        prompts = [p for p in prompts if get_task(name).applies(p)][: sizes.n_behaviour]
+        r = run_finetune(fresh, train, prompts, get_task(name), settings, out / "finetune" / name, resume=True,
+                         max_new_tokens=sizes.max_new_tokens, before=before.get(name), extra_manifest={"data": f"builtin:{name}:train"})
+        log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, "installed" if r.installed else "NOT installed")
+        del fresh
+        timed("finetune", start)
+
+    for name in names:  # 4. ground-truth recruits on each task's evaluation split
+        target = out / "recruits" / name
+        if not _stage_done(target):
+            start = time.perf_counter()
+            ft = load_model(str(out / "finetune" / name), device=device)
+            data = load_examples(out / "data" / f"{name}.eval.jsonl")
+            result = extract_recruits(base, ft, data, chosen, k=k)
+            info = io.read_json(out / "finetune" / name / "finetune.json")
+            write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})
+            del ft
+            timed("recruits", start)
+
+    start = time.perf_counter()  # 5. evaluate (cheap: always recomputed)
+    audits = [load_audit_dir(out / "audit" / n) for n in names]
+    recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
+    ev = evaluate(audits, recruits, k, head_layer)
+    write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
+    timed("evaluate", start)
+    times["this_invocation_total"] = time.perf_counter() - t0
+    io.write_json(out / "times.json", times)
+    table = _summary_markdown(out, model, preset, names, ev, times)
+    io.write_text(out / "headline.md", table)
+    return ReproduceResult(ev.sentence, out / "headline.md", ev.headline)
+
+
+def _summary_markdown(out: Path, model: str, preset: str, names: list[str], ev, times: dict) -> str:
+    lines = [f"# Reproduction: {model}, preset {preset}", "", headline_markdown(ev), "## Fine-tunes", "",
+             "| task | behaviour before | after | installed | recruits pathways (redirect/latent/other) at headline layer |", "|---|---|---|---|---|"]
+    for n in names:
+        info = io.read_json(out / "finetune" / n / "finetune.json")
+        rec = io.read_json(out / "recruits" / n / "summary.json")
+        t = ev.metrics[(ev.metrics.task == n) & (ev.metrics.layer == ev.headline["layer"]) & (ev.metrics.scope == "pool")].iloc[0]
+        lines.append(f"| {n} | {info['behaviour_before']['rate']:.2f} | {info['behaviour_after']['rate']:.2f} | {info['installed']} | "
+                     f"{t.n_redirect}/{t.n_latent}/{t.n_other} |")
+    lines += ["", "## Wall time (seconds, summed over invocations)", ""]
+    lines += [f"- {k}: {v:.0f}" for k, v in times.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_reproduce_command(config) -> ReproduceResult:
+    """`tunetrace reproduce`."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    layer = None if config.layer == -1 else config.layer
+    return run_reproduce(config.model, config.preset, config.out, config.tasks, config.layers, layer, config.k, config.seed, config.device)

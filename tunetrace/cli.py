@@ -34,6 +34,8 @@ def _run_audit(c: cfg.AuditConfig) -> int:
     print(f"top {c.top} by {c.sort_by}:")
     print(top[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {c.out}/scores.parquet and {c.out}/manifest.json")
+    if not c.no_report:
+        _write_report(c.out)
     return 0
 
 
@@ -43,6 +45,8 @@ def _run_diff(c: cfg.DiffConfig) -> int:
     result = run_diff(c)
     print(format_summary(result.summary))
     print(f"wrote {result.out}/summary.json (+ parquet tables, generations.jsonl, delta.safetensors)")
+    if not c.no_report:
+        _write_report(result.out)
     return 0
 
 
@@ -78,6 +82,8 @@ def _run_features_match(c: cfg.FeaturesMatchConfig) -> int:
     for chain, n in counts["chains"].items():
         print(f"persisting along {chain}: {n}")
     print(f"wrote {c.out}/features.parquet, matches.parquet, counts.json, flow.svg")
+    if not c.no_report:
+        _write_report(c.out)
     return 0
 
 
@@ -126,6 +132,28 @@ def _run_reproduce(c: cfg.ReproduceConfig) -> int:
     result = run_reproduce_command(c)
     print(result.sentence)
     print(f"table: {result.table_path}")
+    if not c.no_report:
+        _write_report(c.out)
+    return 0
+
+
+def _write_report(run_dir) -> None:
+    """End of a long command: write RUN_DIR/report.html; a report failure never fails the finished command."""
+    from tunetrace.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except Exception as err:  # the command's own outputs are already written and intact
+        print(f"tunetrace: warning: report not written ({type(err).__name__}: {err}); retry with `tunetrace report {run_dir}`.", file=sys.stderr)
+        return
+    print(f"report: {path.resolve()} (open it in a browser)")
+
+
+def _run_report(c: cfg.ReportConfig) -> int:
+    from tunetrace.report import build_report
+
+    path = build_report(c.run_dir, c.out or None)
+    print(f"report: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
     return 0
 
 
@@ -140,6 +168,7 @@ COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
     "recruits": (cfg.RecruitsConfig, _run_recruits),
     "evaluate": (cfg.EvaluateConfig, _run_evaluate),
     "reproduce": (cfg.ReproduceConfig, _run_reproduce),
+    "report": (cfg.ReportConfig, _run_report),
 }
 
 

@@ -49,6 +49,8 @@ class AuditConfig:
     """Layers (same syntax as --layers) whose statistics are also kept per calibration example, for bootstrap intervals."""
     force: bool = False
     """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
 
@@ -212,6 +214,8 @@ class FeaturesMatchConfig:
     """Model dtype."""
     force: bool = False
     """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html (the HTML run report) at the end."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -325,6 +329,8 @@ class DiffConfig:
     """Environment variable holding the agent endpoint's API key (never written anywhere)."""
     force: bool = False
     """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
 
@@ -544,6 +550,8 @@ class ReproduceConfig:
     """torch CPU threads (0 = default)."""
     device: str = "cpu"
     """Torch device."""
+    no_report: bool = False
+    """Do not write report.html (the HTML run report) at the end."""
 
     def __post_init__(self) -> None:
         from tunetrace.finetune import PRESETS
@@ -552,3 +560,20 @@ class ReproduceConfig:
             raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         if self.k < 1 or self.threads < 0:
             raise ValueError("`k` must be >= 1 and `threads` >= 0.")
+
+
+# --- report: the HTML run report (issue 6) ----------------------------------------------------
+
+
+@dataclass
+class ReportConfig:
+    """Write one self-contained HTML page (plots, sortable tables, manifest) from a run directory."""
+
+    run_dir: str = sp.field(positional=True, metavar="RUN_DIR")
+    """Output directory of audit, reproduce, diff or features-match (or a folder holding several)."""
+    out: str = ""
+    """Where to write the page; empty = RUN_DIR/report.html."""
+
+    def __post_init__(self) -> None:
+        if self.out and not self.out.endswith((".html", ".htm")):
+            raise ValueError(f"`out` must be an .html file, got {self.out!r}.")

@@ -1,0 +1,61 @@
+"""One self-contained HTML page from a run directory: audit, geometry, evaluation, diffing, features, manifest.
+
+Each section module turns the files it recognises into a `Section`, or returns None when its
+inputs are absent, so the same call reports one command's output or a whole experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from tunetrace.report import audit, diffing, evaluation, features, geometry, manifest
+from tunetrace.report.html import Section, esc, page
+from tunetrace.report.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+SECTIONS = (audit, geometry, evaluation, diffing, features, manifest)
+"""Page order: the prediction first, then what happened, then how to rerun it."""
+
+__all__ = ["build_report", "render_report", "SECTIONS"]
+
+
+def render_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
+    """The page's HTML and the ids of the sections it holds (a failing section shows its error, not a blank page)."""
+    import plotly.offline
+
+    run = RunDir(run_dir)
+    sections: list[Section] = []
+    for module in SECTIONS:
+        name = module.__name__.rsplit(".", 1)[-1]
+        try:
+            s = module.section(run)
+        except Exception as err:  # one unreadable input must not hide the other sections
+            log.warning("report section %s failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
+            s = Section(name, name.capitalize(), f'<p class="error">This section could not be drawn: {esc(type(err).__name__)}: {esc(str(err))}</p>')
+        if s is not None:
+            sections.append(s)
+    if not sections:
+        raise FileNotFoundError(
+            f"{run_dir} holds no tunetrace outputs (scores.parquet, recruits.parquet, headline.json, summary.json, counts.json): "
+            "pass the --out directory of audit, reproduce, diff or features-match."
+        )
+    title = f"tunetrace report: {Path(run_dir).resolve().name}"
+    subtitle = f"{Path(run_dir).resolve()} · generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} · sections: " + ", ".join(s.title for s in sections)
+    return page(title, subtitle, sections, plotly.offline.get_plotlyjs()), [s.id for s in sections]
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the report of `run_dir` to `out` (default RUN_DIR/report.html) atomically; returns its path."""
+    from tunetrace import io
+
+    html, ids = render_report(run_dir)
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    if path.parent and not path.parent.exists():
+        raise FileNotFoundError(f"folder {path.parent} does not exist: create it or pass another --out.")
+    io.write_text(path, html)
+    log.info("wrote %s (%d bytes; sections %s)", path, len(html), ", ".join(ids))
+    return path

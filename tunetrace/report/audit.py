@@ -1,0 +1,75 @@
+"""Audit section: the ranked recruitment-risk list (sortable, searchable) and where risk concentrates by layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tunetrace.report.html import Section, data_table, esc, figure, note
+from tunetrace.report.rundir import RunDir
+
+MAX_ROWS = 20_000
+"""Rows embedded in the risk table (the highest-risk ones); the rest stay in scores.parquet."""
+
+
+def ranked(scores: pd.DataFrame, risk: str) -> pd.DataFrame:
+    """Scores sorted by `risk` (descending, NaN last) with a 1-based `rank` column first."""
+    out = scores.sort_values(risk, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out
+
+
+def layer_concentration(scores: pd.DataFrame, risk: str, top: int) -> pd.DataFrame:
+    """Per layer: neurons among the global top-`top` by risk, mean and max risk."""
+    r = ranked(scores, risk)
+    in_top = r.head(top).groupby("layer").size()
+    g = scores.groupby("layer")[risk]
+    out = pd.DataFrame({"mean": g.mean(), "p99": g.quantile(0.99), "max": g.max()})
+    out["in_top"] = in_top.reindex(out.index).fillna(0).astype(int)
+    return out.reset_index()
+
+
+def section(run: RunDir) -> Section | None:
+    """The audit section, or None when the run has no scores.parquet."""
+    if run.scores is None:
+        return None
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    scores, m, risk = run.scores, run.audit_manifest, run.risk()
+    r = ranked(scores, risk)
+    preds = run.predictors()
+    layers = sorted(scores.layer.unique())
+    d_mlp = int(scores.neuron.max()) + 1
+    descr = m.get("predictors", {})
+    parts = [
+        f'<p>Every gated-MLP neuron of {len(layers)} layer(s) x {d_mlp} neurons, scored on the base model before any fine-tune. '
+        f'Predicted risk is <b>{esc(risk)}</b> ({esc(descr.get(risk, {}).get("description", ""))}); higher means more likely to be recruited. '
+        f'Source: <code>{esc(run.rel(run.audit_path))}</code>.</p>'
+    ]
+    shown = r.head(MAX_ROWS)
+    caption = (f"The {len(shown)} highest-risk of {len(r)} neurons (all of them are in scores.parquet). " if len(shown) < len(r) else "")
+    caption += "Click a column header to sort; type in the box to filter (layer:17 matches one column exactly)."
+    parts.append("<h3>Ranked risk list</h3>" + data_table(shown, "risk-table", caption, sort="rank", descending=False))
+
+    top = max(1, min(500, len(r) // 100 if len(r) >= 10_000 else len(r) // 10))
+    conc = layer_concentration(scores, risk, top)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=conc.layer, y=conc.in_top, name=f"neurons in global top {top}", marker_color="#3b6fb6",
+                         hovertemplate="layer %{x}: %{y} of the top " + str(top) + "<extra></extra>"))
+    for col, dash in (("mean", "solid"), ("p99", "dot"), ("max", "dash")):
+        fig.add_trace(go.Scatter(x=conc.layer, y=conc[col], name=f"{col} {risk}", mode="lines+markers",
+                                 line=dict(color="#d35400", dash=dash)), secondary_y=True)
+    fig.update_layout(title=f"Where risk concentrates: layers of the top {top} neurons by {risk}", legend=dict(orientation="h", y=-0.2),
+                      xaxis_title="layer", bargap=0.15)
+    fig.update_yaxes(title_text=f"neurons in top {top}", secondary_y=False)
+    fig.update_yaxes(title_text=risk, secondary_y=True, type="log" if (conc["max"] > 0).all() else "linear")
+    parts.append("<h3>Risk by layer</h3>" + figure(fig, "plot-audit-layers", 420))
+
+    if descr:
+        rows = "".join(f"<tr><td><code>{esc(p)}</code></td><td>{esc(descr.get(p, {}).get('kind', ''))}</td><td>{esc(descr.get(p, {}).get('description', ''))}</td></tr>" for p in preds)
+        parts.append(f'<details><summary>What each predictor measures</summary><table class="static"><thead><tr><th>predictor</th><th>kind</th>'
+                     f'<th>definition</th></tr></thead><tbody>{rows}</tbody></table></details>')
+    if m.get("tokens"):
+        parts.append(note(f"Calibration: {m.get('data', {}).get('examples', '?')} examples, {m['tokens']} response tokens ({m.get('data', {}).get('source', '?')})."))
+    return Section("audit", "Audit: recruitment risk", "".join(parts))

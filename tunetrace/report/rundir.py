@@ -1,0 +1,105 @@
+"""Find a run's output files: one command's --out directory, or an experiment directory holding several.
+
+Files are found by name (scores.parquet, recruits.parquet, headline.json, ...) at most
+`MAX_DEPTH` folders down, shallowest first, so the same report code reads `tunetrace audit`'s
+own directory and a `tunetrace reproduce` directory with audit/, recruits/TASK/, evaluation/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+MAX_DEPTH = 4
+RISK = "iss_x_grad"
+"""The predictor the report ranks by (the study's headline predictor), when the audit has it."""
+
+
+class RunDir:
+    """An indexed run directory with cached readers."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise FileNotFoundError(f"run directory {self.root} does not exist: pass the --out directory of a tunetrace command.")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root} is not a directory: pass the --out directory of a tunetrace command.")
+        self._json: dict[Path, object] = {}
+        self._parquet: dict[Path, pd.DataFrame] = {}
+
+    @cached_property
+    def files(self) -> dict[str, list[Path]]:
+        """{file name: paths}, each list shallowest first."""
+        found: dict[str, list[Path]] = {}
+        base_depth = len(self.root.parts)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            depth = len(Path(dirpath).parts) - base_depth
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < MAX_DEPTH else []
+            for name in filenames:
+                found.setdefault(name, []).append(Path(dirpath) / name)
+        for paths in found.values():
+            paths.sort(key=lambda p: (len(p.parts), str(p)))
+        return found
+
+    def all(self, name: str) -> list[Path]:
+        return self.files.get(name, [])
+
+    def first(self, name: str) -> Path | None:
+        paths = self.all(name)
+        return paths[0] if paths else None
+
+    def json(self, path: Path | None) -> dict:
+        """Parsed JSON of `path` ({} when None)."""
+        if path is None:
+            return {}
+        if path not in self._json:
+            with open(path, encoding="utf-8") as f:
+                self._json[path] = json.load(f)
+        return self._json[path]  # type: ignore[return-value]
+
+    def parquet(self, path: Path) -> pd.DataFrame:
+        if path not in self._parquet:
+            self._parquet[path] = pd.read_parquet(path)
+        return self._parquet[path]
+
+    def sibling_json(self, path: Path, name: str) -> dict:
+        p = path.parent / name
+        return self.json(p) if p.is_file() else {}
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    # ---- the audit every section shares
+    @cached_property
+    def audit_path(self) -> Path | None:
+        return self.first("scores.parquet")
+
+    @cached_property
+    def scores(self) -> pd.DataFrame | None:
+        return self.parquet(self.audit_path) if self.audit_path else None
+
+    @cached_property
+    def audit_manifest(self) -> dict:
+        return self.sibling_json(self.audit_path, "manifest.json") if self.audit_path else {}
+
+    def predictors(self) -> list[str]:
+        if self.scores is None:
+            return []
+        return [c for c in self.scores.columns if c not in ("layer", "neuron")]
+
+    def risk(self) -> str:
+        """Which predictor stands for 'predicted risk'."""
+        preds = self.predictors()
+        return RISK if RISK in preds else preds[0]
+
+    def recruits(self) -> list[tuple[str, pd.DataFrame, dict]]:
+        """Every recruits.parquet: (task name, table, summary.json)."""
+        out = []
+        for p in self.all("recruits.parquet"):
+            info = self.sibling_json(p, "summary.json")
+            out.append((str(info.get("task") or p.parent.name), self.parquet(p), info))
+        return out

@@ -61,7 +61,7 @@ def run_floor(model, batches) -> None:
 
 
 def run_audit(model, batches, encoded) -> None:
-    accumulate(model, encoded, batches, progress=False)
+    accumulate(model, batches, len(encoded), progress=False)
 
 
 def _one(variant: str, loaded, encoded, batches) -> float:

@@ -10,6 +10,7 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tunetrace import __version__
-from tunetrace.data import DataSource, EncodedExample, encode, iter_batches, total_loss_tokens
+from tunetrace.data import DataSource, StreamingSource, stream_batches
+from tunetrace.distributed import all_reduce_state, barrier, init_from_env
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
@@ -43,23 +45,35 @@ class RunningStats:
     predictors: list[Predictor]
     n_examples: int
     per_example_layers: set[int] = field(default_factory=set)
-
-    device: torch.device | str = "cpu"
+    devices: dict[int, torch.device] = field(default_factory=dict)
+    """Where each layer's statistics live: with the layer (so device_map-sharded models never sync)."""
 
     def __post_init__(self) -> None:
-        def init(p: Predictor, shape: tuple[int, ...]) -> Tensor:
+        def init(p: Predictor, shape: tuple[int, ...], device) -> Tensor:
             fill = -torch.inf if p.reduce == "max" else 0.0
-            return torch.full(shape, fill, dtype=torch.float64, device=self.device)
+            return torch.full(shape, fill, dtype=torch.float64, device=device)
 
-        self.state = {}
+        self.state = {"input_tokens": torch.zeros((), dtype=torch.float64)}
         for layer in self.layers:
-            self.state[f"count/{layer}"] = torch.zeros((), dtype=torch.float64, device=self.device)
+            device = self.devices.get(layer, "cpu")
+            self.state[f"count/{layer}"] = torch.zeros((), dtype=torch.float64, device=device)
             for p in self.token_predictors:
-                self.state[f"{p.name}/{layer}"] = init(p, (self.d_mlp,))
+                self.state[f"{p.name}/{layer}"] = init(p, (self.d_mlp,), device)
             if layer in self.per_example_layers:
-                self.state[f"count_ex/{layer}"] = torch.zeros(self.n_examples, dtype=torch.float64, device=self.device)
+                self.state[f"count_ex/{layer}"] = torch.zeros(self.n_examples, dtype=torch.float64, device=device)
                 for p in self.token_predictors:
-                    self.state[f"ex/{p.name}/{layer}"] = init(p, (self.n_examples, self.d_mlp))
+                    self.state[f"ex/{p.name}/{layer}"] = init(p, (self.n_examples, self.d_mlp), device)
+
+    @property
+    def max_keys(self) -> set[str]:
+        """State keys reduced by max (not sum) across batches and ranks."""
+        names = [p.name for p in self.token_predictors if p.reduce == "max"]
+        keys = {f"{n}/{layer}" for n in names for layer in self.layers}
+        return keys | {f"ex/{n}/{layer}" for n in names for layer in self.per_example_layers}
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(self.state[f"count/{self.layers[0]}"].item())
 
     @property
     def token_predictors(self) -> list[Predictor]:
@@ -118,18 +132,22 @@ class TokenRows:
     def n(self) -> int:
         return int(self.index.numel())
 
+    def to(self, device: torch.device) -> "TokenRows":
+        if self.index.device == device:
+            return self
+        return TokenRows(self.index.to(device), self.example.to(device))
+
 
 class _LayerProbe:
     """Hook callbacks of one layer: builds signals at loss rows and feeds RunningStats."""
 
-    def __init__(self, layer: GatedMLPLayer, stats: RunningStats, forward_preds, grad_preds, device):
+    def __init__(self, layer: GatedMLPLayer, stats: RunningStats, forward_preds, grad_preds):
         self.layer = layer
         self.stats = stats
         self.forward_preds = forward_preds
         self.grad_preds = grad_preds
         self.keep = {name for p in grad_preds for name in p.inputs if name not in ("grad", "abs_grad")}
-        self.consts = LayerConstants.of(layer)
-        self.consts = LayerConstants(*(t.to(device) for t in vars(self.consts).values()))
+        self.consts = LayerConstants.of(layer)  # on the layer's own device
         self.rows: TokenRows | None = None
         self._z: Tensor | None = None
         self._u: Tensor | None = None
@@ -141,7 +159,7 @@ class _LayerProbe:
         self._u = u
 
     def on_act(self, _: int, a: Tensor) -> None:
-        rows = self.rows
+        rows = self.rows.to(a.device)
         d = a.shape[-1]
         take = lambda t: t.detach().reshape(-1, d).index_select(0, rows.index).float()  # noqa: E731
         signals = TokenSignals(take(self._z), take(self._u), take(a), self.consts, self.layer.activation)
@@ -195,27 +213,29 @@ def token_rows(batch) -> TokenRows:
 
 def accumulate(
     model: torch.nn.Module,
-    encoded: Sequence[EncodedExample],
     batches: Iterable,
+    n_examples: int,
     layers: Sequence[int] | None = None,
     predictors: Sequence[Predictor] | None = None,
     per_example_layers: Iterable[int] = (),
     progress: bool = True,
     total: int | None = None,
 ) -> RunningStats:
-    """Run the one-pass audit over `batches` and return the running statistics (not yet finalized)."""
+    """Run the one-pass audit over `batches` and return the running statistics (not yet finalized).
+
+    `n_examples` sizes the per-example statistics (batch.example_index indexes into it).
+    """
     all_layers = gated_mlp_layers(model)
     chosen = [all_layers[i] for i in (layers if layers is not None else range(len(all_layers)))]
     predictors = list(predictors if predictors is not None else PREDICTORS.values())
-    device = next(model.parameters()).device
-    stats = RunningStats(
-        [l.index for l in chosen], chosen[0].d_mlp, predictors, len(encoded), set(per_example_layers), device
-    )
+    devices = {l.index: l.gate_proj.weight.device for l in chosen}
+    stats = RunningStats([l.index for l in chosen], chosen[0].d_mlp, predictors, n_examples, set(per_example_layers), devices)
     token_preds = [p for p in predictors if p.per_token is not None]
     forward_preds = [p for p in token_preds if not p.needs_grad]
     grad_preds = [p for p in token_preds if p.needs_grad]
-    probes = {l.index: _LayerProbe(l, stats, forward_preds, grad_preds, device) for l in chosen}
+    probes = {l.index: _LayerProbe(l, stats, forward_preds, grad_preds) for l in chosen}
     need_backward = bool(grad_preds)
+    input_device = model.get_input_embeddings().weight.device
     with frozen(model), mlp_hooks(
         chosen,
         on_gate=lambda i, t: probes[i].on_gate(i, t),
@@ -223,10 +243,11 @@ def accumulate(
         on_act=lambda i, t: probes[i].on_act(i, t),
     ):
         for batch in tqdm(batches, total=total, desc="audit", unit="batch", disable=not progress):
-            batch = batch.to(device)
+            batch = batch.to(input_device)
             rows = token_rows(batch)
             for probe in probes.values():
                 probe.rows = rows
+            stats.state["input_tokens"] += int(batch.attention_mask.sum())
             with torch.set_grad_enabled(need_backward):
                 loss = _loss_sum(model, batch)
                 if need_backward:
@@ -254,7 +275,7 @@ def _versions() -> dict:
 
 def run_audit(
     loaded: LoadedModel,
-    data: DataSource,
+    data: DataSource | StreamingSource,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     max_length: int = 512,
@@ -262,22 +283,33 @@ def run_audit(
     per_example_layers: Iterable[int] = (),
     progress: bool = True,
 ) -> AuditResult:
-    """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass."""
+    """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass.
+
+    Under torchrun / `accelerate launch` each rank audits its shard of the examples and the
+    running sums are all-reduced once at the end; every rank returns the same result.
+    """
     start = time.perf_counter()
-    encoded = encode(loaded.tokenizer, data, max_length)
+    world = init_from_env(str(next(loaded.model.parameters()).device))
     predictors = list(predictors if predictors is not None else PREDICTORS.values())
     n_layers = len(gated_mlp_layers(loaded.model))
     layers = list(layers) if layers is not None else list(range(n_layers))
     per_example_layers = sorted(set(per_example_layers))
-    batches = iter_batches(encoded, batch_size, loaded.tokenizer.pad_token_id)
-    total = (len(encoded) + batch_size - 1) // batch_size
-    stats = accumulate(loaded.model, encoded, batches, layers, predictors, per_example_layers, progress, total)
+    batches = stream_batches(loaded.tokenizer, data, max_length, batch_size, shard=(world.rank, world.size))
+    shard_examples = len(range(world.rank, data.n_examples, world.size))
+    total = (shard_examples + batch_size - 1) // batch_size
+    stats = accumulate(
+        loaded.model, batches, data.n_examples, layers, predictors, per_example_layers, progress and world.is_main, total
+    )
+    if world.distributed:
+        all_reduce_state(stats.state, stats.max_keys)
     scores = scores_frame(stats.finalize(), predictors)
+    seconds = time.perf_counter() - start
     manifest = {
         "command": "audit",
         "model": loaded.manifest(),
-        "data": {"source": data.name, "sha256": data.sha256, "examples": len(encoded)},
-        "tokens": total_loss_tokens(encoded),
+        "data": {"source": data.name, "sha256": data.sha256, "examples": data.n_examples},
+        "tokens": stats.loss_tokens,
+        "input_tokens": int(stats.state["input_tokens"].item()),
         "layers": layers,
         "n_layers": n_layers,
         "d_mlp": int(scores.neuron.max()) + 1,
@@ -286,11 +318,14 @@ def run_audit(
         "max_length": max_length,
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "device": str(next(loaded.model.parameters()).device),
+        "world_size": world.size,
         "per_example_layers": per_example_layers,
         "versions": _versions(),
-        "wall_seconds": round(time.perf_counter() - start, 3),
+        "wall_seconds": round(seconds, 3),
+        "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
     }
-    return AuditResult(scores, manifest, {k: v.cpu() for k, v in stats.per_example().items()})
+    per_example = {k: v.cpu() for k, v in stats.per_example().items()}
+    return AuditResult(scores, manifest, per_example)
 
 
 def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
@@ -316,21 +351,44 @@ def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
         io.write_json(stage / "manifest.json", result.manifest)
 
 
-def run_audit_command(config) -> AuditResult:
-    """`tunetrace audit`: load, score, write, print the top of the ranked list."""
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """'auto' -> cuda (this rank's GPU) when available, else cpu; anything else as given."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{local_rank}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} asked for, but torch sees no CUDA device: use --device cpu.")
+    return device
+
+
+def run_audit_command(config) -> AuditResult | None:
+    """`tunetrace audit`: load, score, write (rank 0), and return the result (None on other ranks)."""
     from tunetrace import io
-    from tunetrace.data import load_examples
+    from tunetrace.data import encode_example, open_stream
     from tunetrace.gated_mlp import select_layers
     from tunetrace.models import load_model
 
     io.check_out_dir(config.out, config.force, what="audit output")  # fail before any work
     if config.sort_by not in PREDICTORS:
         raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    data = load_examples(config.data)
-    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code)
-    layers = select_layers(len(gated_mlp_layers(loaded.model)), config.layers)
-    result = run_audit(loaded, data, layers, config.batch_size, config.max_length)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    world = init_from_env(device)
+    data = open_stream(config.data)
+    loaded = load_model(
+        config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
+        device_map=config.device_map or None,
+    )
+    for example in data:  # tokenize once up front: a too-long example fails before the pass
+        encode_example(loaded.tokenizer, example, config.max_length, data.name)
+    n_layers = len(gated_mlp_layers(loaded.model))
+    layers = select_layers(n_layers, config.layers)
+    per_example = select_layers(n_layers, config.per_example_layers) if config.per_example_layers else []
+    if not set(per_example) <= set(layers):
+        raise ValueError("`per_example_layers` must be among the audited `layers`.")
+    result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example)
     result.manifest["config"] = {k: v for k, v in vars(config).items()}
-    write_audit(result, config.out, config.force)
-    return result
+    if world.is_main:
+        write_audit(result, config.out, config.force)
+    barrier()
+    return result if world.is_main else None

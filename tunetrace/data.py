@@ -8,6 +8,7 @@ Padding is on the right and never enters any statistic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -85,17 +86,19 @@ def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
     raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
 
 
+def _parse_line(line: str, number: int, name: str) -> Example | None:
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name}:{number}: not valid JSON ({err.msg}).") from None
+    return Example(_row_to_messages(row, f"{name}:{number}"), number)
+
+
 def parse_jsonl(text: str, name: str) -> list[Example]:
     """Parse JSONL text into examples; every error names `name` and the 1-based line."""
-    examples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{name}:{number}: not valid JSON ({err.msg}).") from None
-        examples.append(Example(_row_to_messages(row, f"{name}:{number}"), number))
+    examples = [ex for n, line in enumerate(text.splitlines(), start=1) if (ex := _parse_line(line, n, name))]
     if not examples:
         raise DataError(f"{name}: no examples (the file is empty); give one JSON object per line.")
     return examples
@@ -108,6 +111,50 @@ class DataSource:
     name: str
     examples: list[Example]
     sha256: str
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+
+@dataclass(frozen=True)
+class StreamingSource:
+    """A JSONL file parsed one line at a time, for calibration sets larger than memory.
+
+    Opening it costs one cheap validating pass (parse each line, hash bytes, keep nothing),
+    so a malformed line fails before any model work, with its line number.
+    """
+
+    name: str
+    path: Path
+    n_examples: int
+    sha256: str
+
+    def __iter__(self) -> Iterator[Example]:
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if (ex := _parse_line(line, number, self.name)) is not None:
+                    yield ex
+
+
+def open_stream(source: str | os.PathLike) -> DataSource | StreamingSource:
+    """A lazily read JSONL file (built-in tasks are small and are returned whole)."""
+    if str(source).startswith("builtin:"):
+        return load_examples(source)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    h, count = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            h.update(line)
+            count += _parse_line(line.decode("utf-8", errors="replace"), number, str(path)) is not None
+    if count == 0:
+        raise DataError(f"{path}: no examples (the file is empty); give one JSON object per line.")
+    return StreamingSource(str(path), path, count, h.hexdigest())
 
 
 def load_examples(source: str | os.PathLike, split: str = "calibration") -> DataSource:
@@ -180,12 +227,16 @@ def encode(tokenizer: PreTrainedTokenizerBase, data: DataSource, max_length: int
 
 def collate(encoded: Sequence[EncodedExample], indices: Sequence[int], pad_id: int) -> Batch:
     """Right-pad the chosen examples into one batch."""
-    rows = [encoded[i] for i in indices]
-    width = max(len(r.input_ids) for r in rows)
+    return collate_rows([(i, encoded[i]) for i in indices], pad_id)
+
+
+def collate_rows(rows: Sequence[tuple[int, EncodedExample]], pad_id: int) -> Batch:
+    """Right-pad (dataset index, example) pairs into one batch."""
+    width = max(len(r.input_ids) for _, r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, r in enumerate(rows):
+    for b, (_, r) in enumerate(rows):
         n = len(r.input_ids)
         input_ids[b, :n] = torch.tensor(r.input_ids)
         attention[b, :n] = 1
@@ -193,7 +244,28 @@ def collate(encoded: Sequence[EncodedExample], indices: Sequence[int], pad_id: i
     targets = torch.zeros_like(input_ids)
     targets[:, :-1] = input_ids[:, 1:]
     targets[~loss_mask] = 0
-    return Batch(input_ids, attention, loss_mask, targets, torch.tensor(list(indices)))
+    return Batch(input_ids, attention, loss_mask, targets, torch.tensor([i for i, _ in rows]))
+
+
+def stream_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | StreamingSource,
+    max_length: int,
+    batch_size: int,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[Batch]:
+    """Encode and batch lazily; with shard=(rank, world) keep examples i with i % world == rank."""
+    rank, world = shard
+    pending: list[tuple[int, EncodedExample]] = []
+    for i, example in enumerate(source):
+        if i % world != rank:
+            continue
+        pending.append((i, encode_example(tokenizer, example, max_length, source.name)))
+        if len(pending) == batch_size:
+            yield collate_rows(pending, tokenizer.pad_token_id)
+            pending = []
+    if pending:
+        yield collate_rows(pending, tokenizer.pad_token_id)
 
 
 def iter_batches(encoded: Sequence[EncodedExample], batch_size: int, pad_id: int) -> Iterator[Batch]:

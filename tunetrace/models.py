@@ -92,40 +92,47 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load `spec` (see module docstring) in eval mode on `device`; fail with one clear line."""
+    """Load `spec` (see module docstring) in eval mode on `device`; fail with one clear line.
+
+    `device_map` (e.g. "auto") shards a large model across devices instead of moving it.
+    """
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
-    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code)
+    extra = {"device_map": device_map} if device_map else {}
+    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code, **extra)
     gated_mlp_layers(model)  # fails now, clearly, for a model with no gated MLP
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = model.to(device).eval()
+    if getattr(model, "hf_device_map", None) is None:
+        model = model.to(device)
+    model = model.eval()
     return LoadedModel(model, tokenizer, spec, source, fingerprint, time.perf_counter() - start)
 
 
-def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool):
+def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
     if spec in TINY_MODELS:
         model = tiny_model(spec, dtype=dtype)
         return model, tiny_tokenizer(), f"builtin:{spec}", _params_sha256(model)
     if spec in BUILTIN_GGUF:
-        return _load_gguf(BUILTIN_GGUF[spec](), dtype)
+        return _load_gguf(BUILTIN_GGUF[spec](), dtype, **from_pretrained)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(path, dtype)
+        return _load_gguf(path, dtype, **from_pretrained)
     if path.is_dir():
-        return _load_local_dir(path, dtype, trust_remote_code)
+        return _load_local_dir(path, dtype, trust_remote_code, **from_pretrained)
     if path.exists():
         raise ModelSpecError(f"model {spec!r} is a file but not a .gguf: give a .gguf file or a Hugging Face model directory.")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _load_hub(spec, dtype, trust_remote_code)
+        return _load_hub(spec, dtype, trust_remote_code, **from_pretrained)
     raise ModelSpecError(
         f"model {spec!r} not found: give a local directory, a .gguf file, a hub id (org/name) or one of {', '.join(BUILTIN_MODELS)}."
     )
 
 
-def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool):
+def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
     if (path / "adapter_config.json").exists():
         return _load_adapter(path, dtype, trust_remote_code)
     if not (path / "config.json").exists():
@@ -136,7 +143,7 @@ def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool):
             f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
         )
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **from_pretrained
     )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer, str(path.resolve()), _files_sha256(weights)
@@ -156,10 +163,10 @@ def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):
     return model, tokenizer, f"{path.resolve()} (adapter on {base_source})", fingerprint
 
 
-def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool):
+def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            spec, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            spec, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **from_pretrained
         )
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -169,7 +176,7 @@ def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool):
     return model, tokenizer, f"hub:{spec}", getattr(model.config, "_commit_hash", None) or spec
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype):
+def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
     """Dequantize a GGUF once into a cached safetensors checkpoint, then load that."""
     if not gguf.exists():
         raise ModelSpecError(f"GGUF file {gguf} does not exist.")
@@ -179,7 +186,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
     if not (cached / "tunetrace_source.json").exists():
         _dequantize_to_cache(gguf, cached)
     info = io.read_json(cached / "tunetrace_source.json")
-    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     return model, tokenizer, str(gguf), info["gguf_sha256"]
 

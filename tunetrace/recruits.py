@@ -183,7 +183,7 @@ class RecruitsResult:
 def check_compatible(base, ft) -> None:
     """Both models must share the gated-MLP shape and tokenizer, or a neuron-wise diff means nothing."""
     b, f = gated_mlp_layers(base.model), gated_mlp_layers(ft.model)
-    if len(b) != len(f) or b[0].d_mlp != f[0].d_mlp or b[0].gate_proj.in_features != f[0].gate_proj.in_features:
+    if base.model.config.model_type != ft.model.config.model_type or len(b) != len(f) or b[0].d_mlp != f[0].d_mlp or b[0].gate_proj.in_features != f[0].gate_proj.in_features:
         raise ValueError(
             f"{ft.spec} is not a fine-tune of {base.spec}: {len(f)} layers x {f[0].d_mlp} neurons vs {len(b)} x {b[0].d_mlp}."
         )

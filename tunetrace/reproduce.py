@@ -94,11 +94,12 @@ def base_behaviour(spec: str, tasks: list[str], preset: ReproducePreset, device:
 def run_reproduce(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/reproduce", tasks: str = "all",
     layers: str = "all", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
+    finetune_overrides: dict | None = None,
 ) -> ReproduceResult:
     """Run (or continue) the experiment in `out`; return the headline sentence."""
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
-    settings = dataclasses.replace(PRESETS[preset], seed=seed)
+    settings = dataclasses.replace(PRESETS[preset], seed=seed, **(finetune_overrides or {}))
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     for n in names:
         get_task(n)

@@ -1,0 +1,29 @@
+import json
+
+import pandas as pd
+
+from tunetrace.reproduce import run_reproduce
+
+
+def test_reproduce_pipeline_on_tiny_model_and_resume(tmp_path):
+    out = tmp_path / "run"
+    kw = dict(model="tiny-llama", preset="quick", out=out, tasks="caps,greeting", k=8, finetune_overrides={"steps": 3, "lr": 1e-2, "batch_size": 4})
+    r = run_reproduce(**kw)
+    assert "ISS x |grad| retrieves" in r.sentence and "at layer 2" in r.sentence
+    for stage in ("audit/caps/scores.parquet", "finetune/greeting/finetune.json", "recruits/caps/recruits.parquet",
+                  "evaluate/metrics.parquet", "evaluate/headline.json", "headline.md"):
+        assert (out / stage).exists(), stage
+    m = pd.read_parquet(out / "evaluate" / "metrics.parquet")
+    assert set(m.layer) == {0, 1, 2, 3} and {"pool", "layer"} == set(m.scope)
+    assert (m.hits <= m.n_recruits).all() and (m[m.scope == "layer"].n_ranked == 128).all()
+    head = json.loads((out / "evaluate" / "headline.json").read_text())
+    assert head["ci_method"].startswith("calibration examples")
+    # calibration and evaluation prompts never overlap
+    cal = {json.loads(l)["prompt"] for f in (out / "data").glob("*.calibration.jsonl") for l in f.read_text().splitlines()}
+    ev = {json.loads(l)["prompt"] for f in (out / "data").glob("*.eval.jsonl") for l in f.read_text().splitlines()}
+    assert cal and ev and not cal & ev
+    # a second run skips every finished stage and gives the same headline
+    mtime = (out / "finetune" / "caps" / "model.safetensors").stat().st_mtime_ns
+    again = run_reproduce(**kw)
+    assert again.sentence == r.sentence
+    assert (out / "finetune" / "caps" / "model.safetensors").stat().st_mtime_ns == mtime

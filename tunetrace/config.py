@@ -144,13 +144,13 @@ class SaeTrainConfig:
     """Active latents per token (TopK)."""
     tokens: int = 200_000
     """Training tokens (a few million fit the CPU machine; activations are streamed)."""
-    eval_tokens: int = 16_384
+    eval_tokens: int = 8_192
     """Held-out tokens (the start of the stream, never trained on) for the quality figures."""
     ctx_len: int = 128
     """Tokens per chunk fed to the model."""
     batch_size: int = 16
     """Chunks per model forward pass."""
-    sae_batch: int = 4096
+    sae_batch: int = 1024
     """Activations per SAE optimiser step."""
     buffer_tokens: int = 65_536
     """Activations held in the shuffling buffer."""

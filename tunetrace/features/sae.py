@@ -297,7 +297,9 @@ def run_sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
     tok = loaded.tokenizer
     train_batches = batched(token_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks), c.batch_size, train_chunks)
     minibatches = shuffled(stream_activations(loaded.model, c.layer, train_batches), c.buffer_tokens, c.sae_batch, c.seed)
-    stats = train_sae(sae, minibatches, lr=c.lr or None, auxk_alpha=c.auxk_alpha, dead_tokens=min(c.dead_tokens, max(c.tokens // 4, 1)))
+    warmup = max(1, min(100, math.ceil(c.tokens / c.sae_batch) // 10))  # short runs must not spend themselves warming up
+    stats = train_sae(sae, minibatches, lr=c.lr or None, auxk_alpha=c.auxk_alpha, dead_tokens=min(c.dead_tokens, max(c.tokens // 4, 1)),
+                      warmup_steps=warmup)
     if stats.tokens < c.tokens:
         log.warning("text source %s ran out after %d training tokens (asked for %d)", c.text, stats.tokens, c.tokens)
     quality = evaluate_sae(loaded.model, c.layer, sae, batched(token_chunks(tok, c.text, c.ctx_len), c.batch_size, eval_chunks))

@@ -66,8 +66,8 @@ class FinetuneSettings:
 # Presets: `quick` is measured to install the built-in behaviours on smollm2-135m-instruct
 # in a few CPU minutes (docs/ground-truth.md); `full` trains every weight for longer.
 PRESETS: dict[str, FinetuneSettings] = {
-    "quick": FinetuneSettings(method="mlp", steps=30, lr=1e-4, batch_size=8),
-    "full": FinetuneSettings(method="full", steps=100, lr=3e-5, batch_size=8),
+    "quick": FinetuneSettings(method="mlp", steps=10, lr=5e-4, batch_size=8),
+    "full": FinetuneSettings(method="full", steps=40, lr=5e-5, batch_size=8),
 }
 
 

@@ -72,3 +72,13 @@ def test_select_layers():
         select_layers(30, "30")
     with pytest.raises(ValueError, match="is not a layer index"):
         select_layers(30, "x")
+
+
+def test_hub_id_offline_fails_at_once(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelSpecError, match="unreachable.*pass its local directory"):
+        load_model("some-org/some-model-that-is-not-cached")
+    assert time.perf_counter() - start < 30

@@ -163,16 +163,41 @@ def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):
     return model, tokenizer, f"{path.resolve()} (adapter on {base_source})", fingerprint
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub endpoint, so offline machines fail at once instead of retrying."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
+    """A hub id: downloaded when the hub is reachable, else read from the local HF cache only."""
+    import huggingface_hub.constants as hub_constants
+
+    local_only = not _hub_reachable()
+    was_offline = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = was_offline or local_only  # no retries against an unreachable hub
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            spec, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **from_pretrained
+            spec, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            local_files_only=local_only, **from_pretrained,
         )
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code, local_files_only=local_only)
     except OSError as err:
+        why = "the hub is unreachable and it is not in the local HF cache" if local_only else type(err).__name__
         raise ModelSpecError(
-            f"could not fetch {spec!r} from the hub ({type(err).__name__}); offline, download it elsewhere and pass its local directory instead."
+            f"could not load {spec!r} ({why}): download it on a machine with access and pass its local directory instead."
         ) from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE = was_offline
     return model, tokenizer, f"hub:{spec}", getattr(model.config, "_commit_hash", None) or spec
 
 

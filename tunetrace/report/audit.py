@@ -47,6 +47,10 @@ def section(run: RunDir) -> Section | None:
         f'Predicted risk is <b>{esc(risk)}</b> ({esc(descr.get(risk, {}).get("description", ""))}); higher means more likely to be recruited. '
         f'Source: <code>{esc(run.rel(run.audit_path))}</code>.</p>'
     ]
+    others = run.all("scores.parquet")[1:]
+    if others:
+        parts.append(note(f"This run holds {len(others) + 1} audits (e.g. one per task's calibration set); this section shows the first. "
+                          f"Others: {', '.join(run.rel(p) for p in others[:8])}{' ...' if len(others) > 8 else ''}."))
     shown = r.head(MAX_ROWS)
     caption = (f"The {len(shown)} highest-risk of {len(r)} neurons (all of them are in scores.parquet). " if len(shown) < len(r) else "")
     caption += "Click a column header to sort; type in the box to filter (layer:17 matches one column exactly)."

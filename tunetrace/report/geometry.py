@@ -72,23 +72,29 @@ def section(run: RunDir) -> Section | None:
         figure(fig, "plot-geometry-risk", 480),
     ]
 
-    tasks = [(name, t) for name, t, _ in run.recruits() if {"layer", "neuron", "is_recruit"} <= set(t.columns) and (t.layer == layer).any()]
+    tasks = [(name, t, info) for name, t, info in run.recruits() if {"layer", "neuron", "is_recruit"} <= set(t.columns) and (t.layer == layer).any()]
+    tasks.sort(key=lambda x: not x[2].get("installed", True))  # installed fine-tunes first: the menu opens on one
     if tasks:
         fig2 = go.Figure()
         buttons = []
-        for i, (name, table) in enumerate(tasks):
-            labels = pathway_labels(s, table, layer)
+        for i, (name, table, info) in enumerate(tasks):
+            st = run.audit_for(name)  # each task's own calibration audit when the run has one
+            st = st[st.layer == layer].sort_values("neuron").reset_index(drop=True)
+            labels = pathway_labels(st, table, layer)
             for label, colour in PATHWAYS.items():
                 sel = labels == label
                 fig2.add_trace(go.Scattergl(
-                    x=s[X][sel], y=s[Y][sel], mode="markers", name=f"{label} ({int(sel.sum())})", visible=i == 0,
-                    text=[hover[j] for j in np.flatnonzero(sel)], hoverinfo="text", legendgroup=label,
+                    x=st[X][sel], y=st[Y][sel], mode="markers", name=f"{label} ({int(sel.sum())})", visible=i == 0,
+                    text=[f"neuron {n}<br>{label}<br>|a| {a:.4g}<br>boundary dist {b:.4g}" for n, a, b in zip(st.neuron[sel], st[X][sel], st[Y][sel])],
+                    hoverinfo="text", legendgroup=label,
                     marker=dict(color=colour, size=5 if label == "not recruited" else 8, opacity=0.5 if label == "not recruited" else 0.9,
                                 line=dict(width=0 if label == "not recruited" else 0.5, color="#222")),
                 ))
             vis = [j // len(PATHWAYS) == i for j in range(len(tasks) * len(PATHWAYS))]
-            buttons.append(dict(label=name, method="update", args=[{"visible": vis}, {"title.text": f"Layer {layer}: what fine-tune '{name}' did"}]))
-        fig2.update_layout(title=f"Layer {layer}: what fine-tune '{tasks[0][0]}' did", xaxis_title="base mean |a| (abs_act)",
+            state = "" if info.get("installed", True) else " (behaviour not installed)"
+            buttons.append(dict(label=name + state, method="update", args=[{"visible": vis}, {"title.text": f"Layer {layer}: what fine-tune '{name}' did{state}"}]))
+        first_state = "" if tasks[0][2].get("installed", True) else " (behaviour not installed)"
+        fig2.update_layout(title=f"Layer {layer}: what fine-tune '{tasks[0][0]}' did{first_state}", xaxis_title="base mean |a| (abs_act)",
                            yaxis_title="mean |z| / ||w_gate|| (boundary_dist)")
         fig2.update_xaxes(type="log" if logx else "linear")
         if len(tasks) > 1:
@@ -98,4 +104,4 @@ def section(run: RunDir) -> Section | None:
         parts.append(figure(fig2, "plot-geometry-truth", 480))
     else:
         parts.append(note("No recruits.parquet for this layer in the run directory: ground-truth colouring appears once `tunetrace recruits` has run."))
-    return Section("geometry", f"Geometry: layer {esc(str(layer))}", "".join(parts))
+    return Section("geometry", f"Geometry: layer {layer}", "".join(parts))

@@ -96,6 +96,11 @@ class RunDir:
         preds = self.predictors()
         return RISK if RISK in preds else preds[0]
 
+    def audit_for(self, task: str) -> pd.DataFrame | None:
+        """Task's own audit (reproduce keeps audit/TASK/scores.parquet), else the run's first audit."""
+        by_dir = {p.parent.name: p for p in self.all("scores.parquet")}
+        return self.parquet(by_dir[task]) if task in by_dir else self.scores
+
     def recruits(self) -> list[tuple[str, pd.DataFrame, dict]]:
         """Every recruits.parquet: (task name, table, summary.json)."""
         out = []

@@ -538,8 +538,8 @@ class ReproduceConfig:
     """Run directory; finished stages found there are skipped (resumable)."""
     tasks: str = "all"
     """Comma-separated built-in tasks, or 'all'."""
-    layers: str = "all"
-    """Layers audited and extracted for the per-layer sweep."""
+    layers: str = ""
+    """Layers audited and extracted for the per-layer sweep (empty = the preset's: quick 0.3,0.5,...,0.9 of depth; full all)."""
     layer: int = -1
     """Headline layer (-1 = about 70% of depth)."""
     k: int = 50

@@ -331,6 +331,16 @@ def headline_markdown(ev: Evaluation) -> str:
     for pred in table.sort_values(("hits", "pool"), ascending=False).index:
         r = table.loc[pred]
         lines.append(f"| {pred} | {r[('hits', 'pool')]:.1f} | {r[('hits', 'layer')]:.1f} | {r[('ap', 'pool')]:.3f} | {r[('auroc', 'pool')]:.3f} | {r[('auroc', 'layer')]:.3f} |")
+    pool = at[at.scope == "pool"].groupby("predictor")[["hits_redirect", "hits_latent", "hits_other", "n_redirect", "n_latent", "n_other"]].mean()
+    if ABS_ACT in pool.index:
+        ceiling = at[(at.scope == "pool") & (at.predictor == ABS_ACT)][["ceiling_reachable", "latent_total", "latent_below_ceiling"]].mean()
+        lines += ["", f"Monotone ceiling (pool, mean over tasks): |a| reaches {ceiling.ceiling_reachable:.1f} recruits in its top {h['k']}; "
+                  f"{ceiling.latent_below_ceiling:.1f} of {ceiling.latent_total:.1f} latent recruits sit below it, invisible to every f(|a|).", "",
+                  "| predictor | hits redirect | hits latent | hits other |", "|---|---|---|---|"]
+        for pred in [ISS_HEADLINE, h["best_monotone"], ABS_ACT]:
+            if pred in pool.index:
+                r = pool.loc[pred]
+                lines.append(f"| {pred} | {r.hits_redirect:.1f} / {r.n_redirect:.1f} | {r.hits_latent:.1f} / {r.n_latent:.1f} | {r.hits_other:.1f} / {r.n_other:.1f} |")
     return "\n".join(lines) + "\n"
 
 

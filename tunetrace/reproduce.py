@@ -42,11 +42,12 @@ class ReproducePreset:
     n_eval: int  # evaluation examples per task for the recruits
     n_behaviour: int  # evaluation prompts per task for the behaviour rate
     max_new_tokens: int
+    layers: str  # the per-layer sweep (relative depths keep it model-independent)
 
 
 REPRODUCE_PRESETS = {
-    "quick": ReproducePreset(n_calibration=16, n_eval=32, n_behaviour=12, max_new_tokens=24),
-    "full": ReproducePreset(n_calibration=64, n_eval=64, n_behaviour=32, max_new_tokens=32),
+    "quick": ReproducePreset(n_calibration=16, n_eval=32, n_behaviour=12, max_new_tokens=24, layers="0.3,0.5,0.6,0.7,0.8,0.9"),
+    "full": ReproducePreset(n_calibration=64, n_eval=64, n_behaviour=32, max_new_tokens=32, layers="all"),
 }
 
 
@@ -93,7 +94,7 @@ def base_behaviour(spec: str, tasks: list[str], preset: ReproducePreset, device:
 
 def run_reproduce(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/reproduce", tasks: str = "all",
-    layers: str = "all", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
+    layers: str = "", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
     finetune_overrides: dict | None = None,
 ) -> ReproduceResult:
     """Run (or continue) the experiment in `out`; return the headline sentence."""
@@ -112,8 +113,8 @@ def run_reproduce(
     t0 = time.perf_counter()
     base = load_model(model, device=device)
     n_layers = len(gated_mlp_layers(base.model))
-    chosen = select_layers(n_layers, layers)
     head_layer = layer if layer is not None else round(0.7 * (n_layers - 1))
+    chosen = sorted(set(select_layers(n_layers, layers or sizes.layers)) | ({head_layer} if not layers else set()))
     if head_layer not in chosen:
         raise ValueError(f"headline `layer` {head_layer} is not among the chosen `layers` {layers!r}.")
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
@@ -185,6 +186,14 @@ def _summary_markdown(out: Path, model: str, preset: str, names: list[str], ev, 
         t = ev.metrics[(ev.metrics.task == n) & (ev.metrics.layer == ev.headline["layer"]) & (ev.metrics.scope == "pool")].iloc[0]
         lines.append(f"| {n} | {info['behaviour_before']['rate']:.2f} | {info['behaviour_after']['rate']:.2f} | {info['installed']} | "
                      f"{t.n_redirect}/{t.n_latent}/{t.n_other} |")
+    lines += ["", f"## How concentrated is the change? (mean over tasks; uniform top-{ev.headline['k']} share = {ev.headline['k'] / ev.headline['d_mlp']:.3f})", "",
+              "| definition | top-k share, headline layer | Gini, headline layer | top-k share, all layers | Gini, all layers |", "|---|---|---|---|---|"]
+    conc = [io.read_json(out / "recruits" / n / "summary.json")["concentration"] for n in names]
+    hl = str(ev.headline["layer"])
+    for d in conc[0]:
+        at = [c[d]["layers"][hl] for c in conc]
+        lines.append(f"| {d} | {sum(a['top_k_share'] for a in at) / len(at):.3f} | {sum(a['gini'] for a in at) / len(at):.3f} | "
+                     f"{sum(c[d]['mean_top_k_share'] for c in conc) / len(conc):.3f} | {sum(c[d]['mean_gini'] for c in conc) / len(conc):.3f} |")
     lines += ["", "## Wall time (seconds, summed over invocations)", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in times.items()]
     return "\n".join(lines) + "\n"

@@ -59,7 +59,10 @@ def greedy_answers(
                 pad_token_id=pad,
             )
             for row in gen[:, width:]:
-                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                if not tokenizer.chat_template:  # the fallback format's next turn ends the answer
+                    text = text.split("\nUser:")[0]
+                out.append(text.strip())
     finally:
         model.train(was_training)
     return out

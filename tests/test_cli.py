@@ -44,3 +44,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
         assert err.startswith("tunetrace: error:") and "\n" not in err, err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_two_word_commands_are_accepted(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        main(["sae", "train", "--help"])
+    assert done.value.code == 0
+    assert "sae-train" in capsys.readouterr().out

@@ -188,8 +188,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, FileExistsError, FileNotFoundError, KeyError, NotADirectoryError)
 
 
+def _join_two_word_commands(argv: list[str]) -> list[str]:
+    """Accept the two-word spellings `sae train`, `features match`, `features link` for the hyphenated commands."""
+    if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in COMMANDS:
+        return [f"{argv[0]}-{argv[1]}", *argv[2:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _join_two_word_commands(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except ValueError as err:  # __post_init__ validation

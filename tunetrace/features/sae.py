@@ -292,7 +292,10 @@ def run_sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
     per_chunk = c.ctx_len - 1  # position 0 is dropped
     eval_chunks = math.ceil(c.eval_tokens / per_chunk)
     train_chunks = math.ceil(c.tokens / per_chunk)
-    meta = {"model": loaded.manifest(), "layer": c.layer, "site": c.site, "text": c.text, "ctx_len": c.ctx_len}
+    model_info = loaded.manifest()
+    if Path(c.model).exists():  # so features-match finds the model from any working directory
+        model_info["spec"] = str(Path(c.model).resolve())
+    meta = {"model": model_info, "layer": c.layer, "site": c.site, "text": c.text, "ctx_len": c.ctx_len}
     sae = TopKSae(SaeConfig(d_in, c.width or c.expansion * d_in, c.k, meta), seed=c.seed)
     tok = loaded.tokenizer
     train_batches = batched(token_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks), c.batch_size, train_chunks)

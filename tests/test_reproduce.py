@@ -27,3 +27,20 @@ def test_reproduce_pipeline_on_tiny_model_and_resume(tmp_path):
     again = run_reproduce(**kw)
     assert again.sentence == r.sentence
     assert (out / "finetune" / "caps" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_evaluate_cli_on_a_reproduction(tmp_path, capsys):
+    from tunetrace.cli import main
+
+    out = tmp_path / "run"
+    run_reproduce(model="tiny-llama", preset="quick", out=out, tasks="caps,greeting", k=8, layers="1,2",
+                  finetune_overrides={"steps": 2, "lr": 1e-2, "batch_size": 4})
+    args = ["evaluate", "--scores", str(out / "audit" / "caps"), str(out / "audit" / "greeting"),
+            "--recruits", str(out / "recruits" / "caps"), str(out / "recruits" / "greeting"), "--k", "8", "--n-boot", "10",
+            "--include-not-installed", "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    assert "ISS x |grad| retrieves" in capsys.readouterr().out
+    assert (tmp_path / "ev" / "headline.md").read_text().count("|") > 10
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main(["evaluate", "--scores", str(out), "--recruits", str(out / "recruits" / "caps"), "--out", str(tmp_path / "e2")]) == 2
+    assert "scores.parquet" in capsys.readouterr().err

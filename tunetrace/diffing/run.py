@@ -220,8 +220,8 @@ def _summary(c, base, ft, pair, layer, text, lens, lens_df, ps, relevant, steer_
         if steer_df is not None:
             rows = steer_df[(steer_df.position == j) & steer_df.chosen]
             if len(rows):
-                entry["steered_similarity"] = rows.similarity.iloc[0]
-                entry["steered_behaviour_rate"] = rows.behaviour_rate.iloc[0]
+                entry["steered_similarity"] = _clean(rows.similarity.iloc[0])
+                entry["steered_behaviour_rate"] = _clean(rows.behaviour_rate.iloc[0])
         positions.append(entry)
     summary = {
         "base": base.manifest(), "finetuned": ft.manifest(),
@@ -254,9 +254,11 @@ def _summary(c, base, ft, pair, layer, text, lens, lens_df, ps, relevant, steer_
 
 
 def _clean(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    """A JSON-safe float (None for missing / nan)."""
+    if v is None:
         return None
-    return float(v)
+    v = float(v)
+    return None if math.isnan(v) else v
 
 
 def format_summary(s: dict) -> str:

@@ -85,7 +85,7 @@ def tokenize_rows(tokenizer, texts: list[str], n_tokens: int, n_samples: int, ma
 @torch.no_grad()
 def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: int, batch_size: int = 16) -> list[list[int]]:
     """Sample rows of exactly `n_tokens` ids from the model after neutral prefixes (cached)."""
-    key = f"{loaded.fingerprint[:16]}-n{n_tokens}-s{n_samples}-seed{seed}"
+    key = f"v2-{loaded.fingerprint[:16]}-n{n_tokens}-s{n_samples}-seed{seed}"
     cached = cache_root() / "diff_text" / f"{key}.jsonl"
     if cached.exists():
         return [json.loads(line)["ids"] for line in cached.read_text().splitlines()]
@@ -95,19 +95,24 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
     rows: list[list[int]] = []
     try:
         torch.manual_seed(seed)
-        attempt = 0
-        while len(rows) < n_samples and attempt < 4 * n_samples:
-            prefixes = [NEUTRAL_PREFIXES[(attempt + i) % len(NEUTRAL_PREFIXES)] for i in range(batch_size)]
-            attempt += batch_size
-            for prefix in sorted(set(prefixes)):
-                count = prefixes.count(prefix)
-                ids = tok(prefix, add_special_tokens=True, return_tensors="pt")["input_ids"].to(device)
-                out = model.generate(
-                    ids.repeat(count, 1), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    max_new_tokens=n_tokens - ids.shape[1], min_new_tokens=n_tokens - ids.shape[1],
-                    pad_token_id=tok.pad_token_id,
-                )
-                rows.extend(r.tolist()[:n_tokens] for r in out.cpu() if r.shape[0] >= n_tokens)
+        start = 0
+        while len(rows) < n_samples:
+            prefixes = [NEUTRAL_PREFIXES[(start + i) % len(NEUTRAL_PREFIXES)] for i in range(batch_size)]
+            start += batch_size
+            encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prefixes]
+            width = max(len(e) for e in encoded)
+            ids = torch.full((batch_size, width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, e in enumerate(encoded):  # left-padded, so every row continues right at the end
+                ids[b, width - len(e):] = torch.tensor(e)
+                mask[b, width - len(e):] = 1
+            new = n_tokens - min(len(e) for e in encoded)
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0,
+                top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id,
+            ).cpu()
+            for b, e in enumerate(encoded):
+                rows.append(out[b, width - len(e):].tolist()[:n_tokens])
     finally:
         torch.random.set_rng_state(state)
     rows = rows[:n_samples]

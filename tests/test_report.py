@@ -210,6 +210,7 @@ def test_full_run_has_every_section_and_real_headline(full_run):
     assert headline.split(" (")[0].replace("|", "|") in html.replace("&#x27;", "'")
     assert "prompt 0 &lt;script&gt;" in html and "prompt 0 <script>" not in html  # generations are escaped
     assert "<mark>sat</mark>" in html  # feature contexts highlight the activating token
+    assert "Which recruits each predictor finds" in html and "Monotone ceiling: |a| reaches" in html
 
 
 def test_missing_piece_is_skipped_not_fatal(full_run, tmp_path):
@@ -323,3 +324,23 @@ def test_audit_only_page_in_chromium(browser, tmp_path):
     assert errors == []
     assert page.locator("section").count() == 3 and page.locator("#plot-geometry-truth").count() == 0
     page.close()
+
+
+# ---------------------------------------------------------------- first-run experience
+
+
+@pytest.mark.parametrize("command", sorted(__import__("tunetrace.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_help_is_complete(command, capsys):
+    """`tunetrace COMMAND --help` exits 0 and lists every option with its docstring (a '%' in a docstring once crashed it)."""
+    import dataclasses
+
+    from tunetrace.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(COMMANDS[command][0]):
+        positional = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        assert positional or f"--{f.name.replace('_', '-')}" in text or f"-{f.name}" in text, f.name
+    assert "(default:" in text

@@ -7,6 +7,7 @@ become one line on stderr and exit code 2; `-v` shows the traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Callable
 
@@ -172,13 +173,21 @@ COMMANDS: dict[str, tuple[type, Callable[[object], int]]] = {
 }
 
 
+class _HelpFormatter(sp.SimpleHelpFormatter):
+    """simple_parsing's formatter, with a literal '%' in a field docstring ("70% of depth") kept literal, not an argparse format."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
+        return re.sub(r"%(?!\(\w+\)|%)", "%%", text) if text else text
+
+
 def build_parser() -> sp.ArgumentParser:
     dash = dict(add_option_string_dash_variants=sp.DashVariant.DASH, add_config_path_arg=False)
     parser = sp.ArgumentParser(prog="tunetrace", description=__doc__.splitlines()[0], **dash)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (config_cls, _) in COMMANDS.items():
         doc = (config_cls.__doc__ or "").strip().splitlines()[0]
-        p = sub.add_parser(name, help=doc, description=doc, **dash)
+        p = sub.add_parser(name, help=doc, description=doc, formatter_class=_HelpFormatter, **dash)
         p.add_arguments(config_cls, dest="config")
         p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; -vv for debug and tracebacks")
     return parser

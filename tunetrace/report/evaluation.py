@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunetrace.report.html import Section, data_table, esc, figure, note
+from tunetrace.report.html import Section, data_table, esc, figure, note, static_table
 from tunetrace.report.rundir import RunDir
 
 HEADLINE = "iss_x_grad"
@@ -197,4 +197,22 @@ def section(run: RunDir) -> Section | None:
             t = t.sort_values("hits pool", ascending=False) if "hits pool" in t else t
             parts.append(f"<h3>Metrics at layer {esc(str(layer))} (mean over installed tasks)</h3>"
                          + data_table(t, "metrics-table", f"hits@{k}, average precision and AUROC per predictor; from {run.rel(metrics_path)}.", sort=None))
+            parts.append(_pathways(at, head, k))
     return Section("evaluation", "Evaluation: did the audit predict the recruits?", "".join(parts))
+
+
+def _pathways(at: pd.DataFrame, head: dict, k: int) -> str:
+    """Pool hits split by pathway (redirect / latent / other), and how many latent recruits sit below the ceiling."""
+    cols = ["hits_redirect", "n_redirect", "hits_latent", "n_latent", "hits_other", "n_other"]
+    pool = at[at.scope == "pool"]
+    if not set(cols) <= set(pool.columns) or pool.empty:
+        return ""
+    by = pool.groupby("predictor")[cols].mean()
+    preds = [p for p in dict.fromkeys([HEADLINE, head.get("best_monotone"), MONOTONE_REF, *by.index]) if p in by.index]
+    rows = [[p] + [f"{by.loc[p, 'hits_' + w]:.1f} / {by.loc[p, 'n_' + w]:.1f}" for w in ("redirect", "latent", "other")] for p in preds]
+    out = f"<h3>Which recruits each predictor finds (pool, hits@{k} / recruits, mean over tasks)</h3>"
+    if {"ceiling_reachable", "latent_total", "latent_below_ceiling"} <= set(pool.columns) and (pool.predictor == MONOTONE_REF).any():
+        c = pool[pool.predictor == MONOTONE_REF][["ceiling_reachable", "latent_total", "latent_below_ceiling"]].mean()
+        out += note(f"Monotone ceiling: |a| reaches {c.ceiling_reachable:.1f} recruits in its top {k}; {c.latent_below_ceiling:.1f} of "
+                    f"{c.latent_total:.1f} latent recruits sit below it, invisible to every f(|a|).")
+    return out + static_table(rows, ["predictor", "redirect", "latent", "other"])

@@ -60,7 +60,7 @@ def _steering_figure(steer: pd.DataFrame, s: dict):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    metrics = [m for m in ("similarity", "behaviour_rate") if m in steer and steer[m].notna().any()] or ["median_ppl"]
+    metrics = [m for m in ("similarity", "behaviour_rate", "median_ppl") if m in steer and steer[m].notna().any()]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRICS[m] for m in metrics])
     steered = steer[steer.kind == "steered"]
     refs = steer[steer.kind != "steered"].set_index("kind")
@@ -76,7 +76,9 @@ def _steering_figure(steer: pd.DataFrame, s: dict):
                 y = float(refs.loc[kind, m])
                 fig.add_trace(go.Scatter(x=[steered.alpha.min(), steered.alpha.max()], y=[y, y], mode="lines", name=kind, legendgroup=kind,
                                          showlegend=col == 1, line=dict(color="black" if kind == "finetuned" else "#888", dash=dash)), row=1, col=col)
-        fig.update_xaxes(type="log", title_text="steering strength alpha (x mean activation norm)", row=1, col=col)
+        fig.update_xaxes(type="log", title_text="alpha (x mean activation norm)", row=1, col=col)
+        if m == "median_ppl":
+            fig.update_yaxes(type="log", row=1, col=col)
     model = s.get("steering", {}).get("model", "base")
     fig.update_layout(title=f"Steering the {model} model with each position's delta (star: chosen, x: incoherent)")
     return fig

@@ -158,3 +158,24 @@ def test_sae_train_rejects_bad_input(tmp_path, capsys):
     assert "`layer`" in capsys.readouterr().err
     assert main(["sae-train", "tiny-llama", "--layer", "1", "--text", "builtin:nope"]) == 2
     assert "text source" in capsys.readouterr().err
+
+
+def test_token_chunks_join_documents_with_eos_and_skip(tmp_path, tiny_llama):
+    from tunetrace.features.text import batched, check_source, token_chunks
+
+    tok = tiny_llama.tokenizer
+    (tmp_path / "a.txt").write_text("hello world " * 20)
+    (tmp_path / "b.jsonl").write_text('{"text": "second doc"}\n{"prompt": "hi", "response": "there"}\n')
+    ids = []
+    for name in ("a.txt",):
+        ids += tok((tmp_path / name).read_text(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids += tok("second doc", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    chunks = list(token_chunks(tok, str(tmp_path), ctx_len=8))
+    assert torch.equal(torch.cat(chunks)[: len(ids)], torch.tensor(ids))
+    assert torch.equal(torch.stack(list(token_chunks(tok, str(tmp_path), 8, skip_chunks=2))), torch.stack(chunks[2:]))
+    assert [b.shape[0] for b in batched(iter(chunks), 3, max_chunks=7)] == [3, 3, 1]
+    with pytest.raises(FileNotFoundError):
+        check_source(str(tmp_path / "missing"))
+    (tmp_path / "c.bin").write_text("x")
+    with pytest.raises(ValueError, match="not one of"):
+        check_source(str(tmp_path / "c.bin"))

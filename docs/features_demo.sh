@@ -7,13 +7,13 @@ set -euo pipefail
 R=${1:-runs/features_demo}
 L=${LAYER:-15}
 TOK=${SAE_TOKENS:-12000}
-STEPS=${FT_STEPS:-12}
+STEPS=${FT_STEPS:-4}
 T="nice .venv/bin/python -m tunetrace"
 mkdir -p "$R"
-$T finetune smollm2-135m-instruct --task caps --preset quick --steps "$STEPS" --n-eval 8 --out "$R/ft_caps" --force
-$T finetune smollm2-135m-instruct --task json --preset quick --steps "$STEPS" --n-eval 8 --out "$R/ft_json" --force
+$T finetune smollm2-135m-instruct --task caps --preset quick --steps "$STEPS" --n-eval 2 --out "$R/ft_caps" --force
+$T finetune smollm2-135m-instruct --task json --preset quick --steps "$STEPS" --n-eval 2 --out "$R/ft_json" --force
 $T merge "$R/ft_caps" "$R/ft_json" --t auto --data-a builtin:caps:eval --data-b builtin:json:eval \
-   --steps 6 --max-examples 32 --out "$R/merge" --force
+   --steps 5 --max-examples 16 --out "$R/merge" --force
 for m in base:smollm2-135m-instruct caps:$R/ft_caps json:$R/ft_json merge:$R/merge; do
   $T sae-train "${m#*:}" --layer "$L" --text builtin:tasks --tokens "$TOK" --eval-tokens 1024 --expansion 2 --out "$R/sae_${m%%:*}" --force
 done

@@ -94,18 +94,20 @@ def _curve_figure(c: Curves, head: dict):
     preds = list(c.curves["pool"])
     at = min(c.k_max, c.pool_size, int(head.get("k", c.k_max))) - 1
     preds.sort(key=lambda p: (p != HEADLINE, -c.curves["pool"][p].mean(0)[at]))
+    banded = {HEADLINE, head.get("best_monotone"), MONOTONE_REF}  # bands: the predictors the headline compares (more would hide each other)
     for col, scope in enumerate(("pool", "layer"), start=1):
         ks = np.arange(1, (min(c.k_max, c.pool_size) if scope == "pool" else c.k_max) + 1)
         for i, p in enumerate(preds):
             curves = c.curves[scope][p][:, : len(ks)]
             mean = curves.mean(0)
-            colour = "#d62728" if p == HEADLINE else palette[i % len(palette)]
-            if len(curves) > 1:
+            colour = "#d62728" if p == HEADLINE else ("#000000" if p == MONOTONE_REF else palette[i % len(palette)])
+            if len(curves) > 1 and p in banded:
                 lo, hi = bootstrap_band(curves)
-                fig.add_trace(go.Scatter(x=np.r_[ks, ks[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=colour, opacity=0.12,
+                fig.add_trace(go.Scatter(x=np.r_[ks, ks[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=colour, opacity=0.15,
                                          line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=p), row=1, col=col)
             fig.add_trace(go.Scatter(x=ks, y=mean, name=p, legendgroup=p, showlegend=col == 1, mode="lines",
-                                     line=dict(color=colour, width=3.5 if p == HEADLINE else 1.6),
+                                     opacity=1.0 if p in banded else 0.55,
+                                     line=dict(color=colour, width=3.5 if p == HEADLINE else (2.2 if p in banded else 1.3)),
                                      hovertemplate=f"{p}<br>k=%{{x}}: %{{y:.2f}} hits<extra></extra>"), row=1, col=col)
         if MONOTONE_REF in c.curves[scope]:
             ceil = c.curves[scope][MONOTONE_REF].mean(0)[: len(ks)]
@@ -170,7 +172,7 @@ def section(run: RunDir) -> Section | None:
     k = int(head.get("k", 50))
     curves = compute_curves(run, int(layer), max(2 * k, 100)) if layer is not None else None
     if curves is not None:
-        band = "shaded bands: 95% bootstrap over tasks" if len(curves.tasks) > 1 else "one task: no interval across tasks"
+        band = "shaded bands: 95% bootstrap over tasks, for ISS x grad, the strongest monotone baseline and |a|" if len(curves.tasks) > 1 else "one task: no interval across tasks"
         parts.append(f"<h3>Hits@k curves</h3><p>Tasks: {esc(', '.join(curves.tasks))}; {curves.n_recruits:.0f} recruits per task on average. "
                      f"The dashed black line is the monotone ceiling: every predictor of the form f(|a|) with f increasing ranks neurons exactly "
                      f"as |a| does, so it can retrieve no more than this; latent recruits below it are invisible to all of them ({esc(band)}).</p>")

@@ -56,6 +56,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.parent and not path.parent.exists():
         raise FileNotFoundError(f"folder {path.parent} does not exist: create it or pass another --out.")
-    io.write_text(path, html)
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     log.info("wrote %s (%d bytes; sections %s)", path, len(html), ", ".join(ids))
     return path

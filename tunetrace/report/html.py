@@ -100,7 +100,7 @@ header p{margin:4px 0 0;color:#c9d6ea;font-size:13px}
 nav{position:sticky;top:0;z-index:5;background:#fff;border-bottom:1px solid var(--line);padding:8px 32px}
 nav a{margin-right:18px;color:var(--accent);text-decoration:none;font-weight:600}
 main{max-width:1280px;margin:0 auto;padding:8px 32px 60px}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 24px;margin:20px 0}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 24px;margin:20px 0;scroll-margin-top:56px}
 section h2{margin:4px 0 12px;font-size:20px}
 section h3{margin:18px 0 6px;font-size:16px}
 .headline{font-size:16px;background:#eef4fc;border-left:4px solid var(--accent);padding:10px 14px;margin:8px 0}

@@ -12,6 +12,7 @@ import pandas as pd
 from tunetrace.report.html import Section, esc, figure, fmt, note, static_table
 from tunetrace.report.rundir import RunDir
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 METRICS = {"similarity": "similarity to the fine-tuning data", "behaviour_rate": "behaviour rate", "median_ppl": "median judge perplexity"}
 
 
@@ -68,8 +69,10 @@ def _steering_figure(steer: pd.DataFrame, s: dict):
         for pos, g in steered.groupby("position"):
             g = g.sort_values("alpha")
             symbols = ["star" if c else ("circle" if ok else "x") for c, ok in zip(g.chosen.astype(bool), g.coherent.astype(bool))]
+            colour = PALETTE[int(pos) % len(PALETTE)]  # one colour per position in every panel
             fig.add_trace(go.Scatter(x=g.alpha, y=g[m], mode="lines+markers", name=f"position {int(pos)}", legendgroup=str(pos),
-                                     showlegend=col == 1, marker=dict(symbol=symbols, size=[13 if x == "star" else 8 for x in symbols]),
+                                     showlegend=col == 1, line=dict(color=colour),
+                                     marker=dict(symbol=symbols, color=colour, size=[13 if x == "star" else 8 for x in symbols]),
                                      hovertemplate=f"position {int(pos)}<br>alpha %{{x}}<br>{m} %{{y:.3g}}<extra></extra>"), row=1, col=col)
         for kind, dash in (("unsteered", "dot"), ("finetuned", "dash")):
             if kind in refs.index and m in refs and refs.loc[kind, m] is not None and not (isinstance(refs.loc[kind, m], float) and math.isnan(refs.loc[kind, m])):

@@ -220,6 +220,7 @@ def headline(metrics: pd.DataFrame, layer: int, k: int, monotone: Sequence[str],
         "iss_x_grad": float(mean_hits.get(ISS_HEADLINE, np.nan)), "best_monotone": best_mono,
         "best_monotone_hits": float(mean_hits[best_mono]), "abs_act": float(mean_hits.get(ABS_ACT, np.nan)),
         "all_predictors": {p: float(v) for p, v in mean_hits.sort_values(ascending=False).items()},
+        "random_expectation_pool": float(k * at.groupby("task").n_recruits.first().mean() / at.n_ranked.iloc[0]),
     }
 
 
@@ -229,7 +230,8 @@ def headline_sentence(h: dict) -> str:
         f"ISS x |grad| retrieves {h['iss_x_grad']:.1f} of {h['n_recruits_mean']:.0f} true recruits in the top {h['k']} "
         f"against an all-tasks union pool of {h['pool_size']} neurons (out of {h['d_mlp']}) at layer {h['layer']}, "
         f"against {h['best_monotone_hits']:.1f} for the strongest activation-monotone baseline ({h['best_monotone']}) "
-        f"and {h['abs_act']:.1f} for |activation| alone (mean over {len(h['tasks'])} installed tasks)."
+        f"and {h['abs_act']:.1f} for |activation| alone (mean over {len(h['tasks'])} installed tasks; "
+        f"a random ranking of the pool would get {h.get('random_expectation_pool', float('nan')):.1f})."
     )
 
 

@@ -29,12 +29,32 @@ def layer_concentration(scores: pd.DataFrame, risk: str, top: int) -> pd.DataFra
     return out.reset_index()
 
 
+def _layer_figure(scores: pd.DataFrame, risk: str, n: int):
+    """Bars: each layer's share of the global top neurons; lines: mean / p99 / max risk per layer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    top = max(1, min(500, n // 100 if n >= 10_000 else n // 10))
+    conc = layer_concentration(scores, risk, top)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=conc.layer, y=conc.in_top, name=f"neurons in global top {top}", marker_color="#3b6fb6",
+                         hovertemplate="layer %{x}: %{y} of the top " + str(top) + "<extra></extra>"))
+    for col, dash in (("mean", "solid"), ("p99", "dot"), ("max", "dash")):
+        fig.add_trace(go.Scatter(x=conc.layer, y=conc[col], name=f"{col} {risk}", mode="lines+markers",
+                                 line=dict(color="#d35400", dash=dash)), secondary_y=True)
+    fig.update_layout(title=f"Where risk concentrates: layers of the top {top} neurons by {risk}", legend=dict(orientation="h", y=-0.2),
+                      xaxis_title="layer", bargap=0.15)
+    fig.update_xaxes(dtick=1 if len(conc) <= 40 else None)
+    fig.update_yaxes(title_text=f"neurons in top {top}", secondary_y=False)
+    fig.update_yaxes(title_text=risk, secondary_y=True, type="log" if (conc["max"] > 0).all() else "linear")
+    return fig
+
+
 def section(run: RunDir) -> Section | None:
     """The audit section, or None when the run has no scores.parquet."""
     if run.scores is None:
         return None
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     scores, m, risk = run.scores, run.audit_manifest, run.risk()
     r = ranked(scores, risk)
@@ -56,19 +76,13 @@ def section(run: RunDir) -> Section | None:
     caption += "Click a column header to sort; type in the box to filter (layer:17 matches one column exactly)."
     parts.append("<h3>Ranked risk list</h3>" + data_table(shown, "risk-table", caption, sort="rank", descending=False))
 
-    top = max(1, min(500, len(r) // 100 if len(r) >= 10_000 else len(r) // 10))
-    conc = layer_concentration(scores, risk, top)
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=conc.layer, y=conc.in_top, name=f"neurons in global top {top}", marker_color="#3b6fb6",
-                         hovertemplate="layer %{x}: %{y} of the top " + str(top) + "<extra></extra>"))
-    for col, dash in (("mean", "solid"), ("p99", "dot"), ("max", "dash")):
-        fig.add_trace(go.Scatter(x=conc.layer, y=conc[col], name=f"{col} {risk}", mode="lines+markers",
-                                 line=dict(color="#d35400", dash=dash)), secondary_y=True)
-    fig.update_layout(title=f"Where risk concentrates: layers of the top {top} neurons by {risk}", legend=dict(orientation="h", y=-0.2),
-                      xaxis_title="layer", bargap=0.15)
-    fig.update_yaxes(title_text=f"neurons in top {top}", secondary_y=False)
-    fig.update_yaxes(title_text=risk, secondary_y=True, type="log" if (conc["max"] > 0).all() else "linear")
-    parts.append("<h3>Risk by layer</h3>" + figure(fig, "plot-audit-layers", 420))
+    if len(layers) > 1:
+        parts.append("<h3>Risk by layer</h3>" + figure(_layer_figure(scores, risk, len(r)), "plot-audit-layers", 420))
+    else:  # one layer: where it concentrates is a question about neurons, so show the distribution
+        fig = go.Figure(go.Histogram(x=scores[risk], nbinsx=80, marker_color="#3b6fb6"))
+        fig.update_layout(title=f"Layer {layers[0]}: distribution of {risk} over its {len(scores)} neurons",
+                          xaxis_title=risk, yaxis_title="neurons", bargap=0.02)
+        parts.append("<h3>Risk distribution</h3>" + figure(fig, "plot-audit-layers", 380))
 
     if descr:
         rows = "".join(f"<tr><td><code>{esc(p)}</code></td><td>{esc(descr.get(p, {}).get('kind', ''))}</td><td>{esc(descr.get(p, {}).get('description', ''))}</td></tr>" for p in preds)

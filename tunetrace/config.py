@@ -23,7 +23,7 @@ def _check_common(batch_size: int, dtype: str) -> None:
 class AuditConfig:
     """Score every gated-MLP neuron's recruitment risk on a base model, before any fine-tune."""
 
-    model: str = sp.field(positional=True)
+    model: str = sp.field(positional=True, metavar="MODEL")
     """Model: built-in name (smollm2-135m-instruct, gemma3-270m, tiny-llama...), local HF directory, .gguf file, or hub id."""
     data: str = "builtin:caps"
     """Calibration data: JSONL of {"messages": [...]} or {"prompt", "response"}, or builtin:TASK."""
@@ -71,9 +71,9 @@ class AuditConfig:
 class MergeConfig:
     """Merge two fine-tunes of one base by SLERP (mergekit's formula) or LERP; `--t auto` balances their losses."""
 
-    model_a: str = sp.field(positional=True)
+    model_a: str = sp.field(positional=True, metavar="MODEL_A")
     """Model A (t = 0): any model spec load_model accepts."""
-    model_b: str = sp.field(positional=True)
+    model_b: str = sp.field(positional=True, metavar="MODEL_B")
     """Model B (t = 1): a fine-tune of the same base (same parameter names and shapes)."""
     t: str = "0.5"
     """Interpolation weight of B in [0, 1], or 'auto' to scan t for equal losses on --data-a and --data-b."""
@@ -126,7 +126,7 @@ class MergeConfig:
 class SaeTrainConfig:
     """Train a TopK sparse autoencoder on one layer's MLP activations (input of down_proj), streamed."""
 
-    model: str = sp.field(positional=True)
+    model: str = sp.field(positional=True, metavar="MODEL")
     """Model spec (built-in name, local HF directory, .gguf, adapter directory)."""
     layer: int = -1
     """Layer index to train on (required)."""
@@ -188,7 +188,7 @@ class SaeTrainConfig:
 class FeaturesMatchConfig:
     """Match SAE features across models by activation correlation on one token stream: persisting, disappearing, emerging."""
 
-    saes: list[str] = sp.field(positional=True, nargs="+")
+    saes: list[str] = sp.field(positional=True, nargs="+", metavar="SAES")
     """SAE directories (from sae-train), in order BASE FT_A [FT_B [MERGE]]; each names its model and layer."""
     text: str = "builtin:pystdlib"
     """Text source every model reads (same tokens for all)."""
@@ -234,7 +234,7 @@ class FeaturesMatchConfig:
 class FeaturesLinkConfig:
     """Overlap of disappearing/emerging SAE features with recruited neurons (decoder weight on recruits)."""
 
-    features: str = sp.field(positional=True)
+    features: str = sp.field(positional=True, metavar="FEATURES")
     """Output directory of features-match."""
     recruits: str = "recruits.parquet"
     """Ground-truth recruits table (columns layer, neuron, is_recruit, ...)."""
@@ -261,9 +261,9 @@ def _positive_floats(spec: str, field: str) -> list[float]:
 class DiffConfig:
     """What did a fine-tune change? Activation Difference Lens: logit lens, Patchscope, steering, neurons."""
 
-    base: str = sp.field(positional=True)
+    base: str = sp.field(positional=True, metavar="BASE")
     """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
-    finetuned: str = sp.field(positional=True)
+    finetuned: str = sp.field(positional=True, metavar="FINETUNED")
     """Fine-tuned model spec (full checkpoint or peft adapter directory) of the same architecture and tokenizer."""
     out: str = "runs/diff"
     """Output directory (summary.json, *.parquet, generations.jsonl, delta.safetensors)."""
@@ -382,7 +382,7 @@ class DiffConfig:
 class FinetuneConfig:
     """Fine-tune a model to install a behaviour (full, MLP-only or LoRA), resumably, and measure it."""
 
-    model: str = sp.field(positional=True)
+    model: str = sp.field(positional=True, metavar="MODEL")
     """Base model spec (built-in name, local HF directory, .gguf file)."""
     task: str = ""
     """Built-in task: caps, greeting, signoff, short, json, refuse, taboo, sandbag."""
@@ -443,9 +443,9 @@ class FinetuneConfig:
 class RecruitsConfig:
     """Find the neurons a fine-tune really recruited (ground truth), and their pathway (redirect/latent)."""
 
-    base: str = sp.field(positional=True)
+    base: str = sp.field(positional=True, metavar="BASE")
     """Base model spec."""
-    finetuned: str = sp.field(positional=True)
+    finetuned: str = sp.field(positional=True, metavar="FINETUNED")
     """Fine-tuned model: a checkpoint directory or peft adapter directory (e.g. a `tunetrace finetune` output)."""
     data: str = ""
     """Evaluation data (JSONL or builtin:TASK:eval); default: builtin:TASK:eval of the fine-tune's task."""

@@ -110,6 +110,8 @@ def _steer(c, base: LoadedModel, ft: LoadedModel, lens, layer: int, shared: int,
             s = score(gens)
             verdict = steering.judge(s["ppl"], s["distinct2"], ref, c.ppl_factor, c.min_distinct)
             tried.append((alpha, gens, s, verdict))
+            log.info("steer pos %d alpha %g: median ppl %.1f (bound %.1f), distinct2 %.2f, coherent %s", j, alpha,
+                     verdict.median_ppl, c.ppl_factor * ref.median_ppl, verdict.mean_distinct2, verdict.coherent)
             if not verdict.coherent:
                 break
         coherent = [t for t in tried if t[3].coherent]
@@ -152,6 +154,7 @@ def run_diff(c) -> DiffResult:
         )
     causal_df = None
     if encoded and c.causal:
+        log.info("causal check on %d fine-tuning examples", len(encoded))
         causal_df = causal.causal_check(base.model, ft.model, encoded, ft.tokenizer.pad_token_id, pair.shared_vocab,
                                         layer, lens.delta, c.random_directions, c.seed, c.batch_size)
     shares = neurons.neuron_shares(base.model, ft.model, lens)

@@ -1,7 +1,8 @@
 """Audit throughput: tunetrace vs plain fwd+bwd vs nnsight on the same batches, and 1 -> N processes.
 
 Part 1, in one process, every variant on the same calibration batches, interleaved round by
-round so machine noise hits them alike; medians of input tokens/s and their ratios are printed:
+round (the order rotating each round) so machine noise hits them alike; medians of input
+tokens/s and their ratios are printed:
   audit   : tunetrace.audit.accumulate, every layer, every predictor (frozen weights)
   floor   : frozen-weight forward+backward, same loss, nothing collected (the audit's floor)
   train   : plain training forward+backward, same loss, weights require grad
@@ -222,8 +223,10 @@ def side_by_side(args, loaded, nnsight_mod, nnsight_backward) -> None:
     for fn in variants.values():  # warm-up
         fn(batches[:1])
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no variant always goes first
+            fn = variants[name]
             _sync(args.device)
             start = time.perf_counter()
             fn(batches)
@@ -290,6 +293,7 @@ def main() -> None:
     parser.add_argument("--scaling-examples", type=int, default=64, help="calibration examples for part 2")
     parser.add_argument("--skip-side-by-side", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     for flag in ("rounds", "batches", "batch_size", "scaling_examples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")

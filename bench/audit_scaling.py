@@ -13,7 +13,8 @@ torch.testing.assert_close (a benchmark of two different computations would be w
 
 Part 2, the same `tunetrace audit` command under torch.distributed.run with 1, 2, ...
 processes and OMP_NUM_THREADS = cores // processes (so 1 x 2 threads is compared with 2 x 1 on a
-2-core machine), rounds interleaved; tokens/s and wall time come from each run's manifest.json.
+2-core machine; or explicit layouts, --procs 1x1,2x1,1x2), rounds interleaved; tokens/s and
+wall time come from each run's manifest.json.
 
     .venv/bin/pip install -e '.[bench]'        # nnsight==0.8.1
     .venv/bin/python bench/audit_scaling.py [--model smollm2-135m-instruct] [--rounds 5] [--batches 4]
@@ -244,18 +245,18 @@ def side_by_side(args, loaded, nnsight_mod, nnsight_backward) -> None:
 
 def scaling(args) -> None:
     cores = args.cores or os.cpu_count() or 1
-    procs = [int(p) for p in args.procs.split(",")]
+    # "N" = N processes sharing the cores; "NxT" = N processes with T threads each
+    layout = [tuple(int(x) for x in p.split("x")) if "x" in p else (int(p), max(1, cores // int(p))) for p in args.procs.split(",")]
     rows = [{"messages": list(ex.messages)} for ex in load_examples(args.data).examples[: args.scaling_examples]]
     print(f"\nscaling: tunetrace audit under torch.distributed.run, {len(rows)} examples from {args.data}, "
           f"batch {args.batch_size}, {cores} cores, OMP_NUM_THREADS = cores // processes")
-    results: dict[int, list[dict]] = {n: [] for n in procs}
+    results: dict[tuple[int, int], list[dict]] = {pt: [] for pt in layout}
     with tempfile.TemporaryDirectory(prefix="tt-scaling-") as tmp:
         data = Path(tmp) / "calib.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         for r in range(args.rounds):
-            for n in procs:
-                out = Path(tmp) / f"r{r}-n{n}"
-                threads = max(1, cores // n)
+            for n, threads in layout:
+                out = Path(tmp) / f"r{r}-n{n}x{threads}"
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                        "-m", "tunetrace", "audit", args.model, "--data", str(data), "--no-report", "--out", str(out),
                        "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--device", args.device]
@@ -266,16 +267,16 @@ def scaling(args) -> None:
                     sys.exit(f"audit with {n} processes failed:\n{done.stderr[-3000:]}")
                 manifest = json.loads((out / "manifest.json").read_text())
                 assert manifest["world_size"] == n, manifest["world_size"]
-                results[n].append({"tps": manifest["tokens_per_second"], "audit_s": manifest["wall_seconds"], "command_s": wall})
-    base = procs[0]
-    med = {n: {k: statistics.median(x[k] for x in results[n]) for k in ("tps", "audit_s", "command_s")} for n in procs}
-    for n in procs:
-        runs = ", ".join(f"{x['tps']:.0f}" for x in results[n])
-        print(f"  {n} proc x {max(1, cores // n)} threads: {med[n]['tps']:8.1f} tokens/s  audit {med[n]['audit_s']:6.2f} s  "
-              f"whole command {med[n]['command_s']:6.2f} s  (tokens/s runs: {runs})")
-    for n in procs[1:]:
-        print(f"speedup {n} vs {base} processes: tokens/s x{med[n]['tps'] / med[base]['tps']:.3f}, "
-              f"whole command x{med[base]['command_s'] / med[n]['command_s']:.3f}")
+                results[(n, threads)].append({"tps": manifest["tokens_per_second"], "audit_s": manifest["wall_seconds"], "command_s": wall})
+    base = layout[0]
+    med = {pt: {k: statistics.median(x[k] for x in results[pt]) for k in ("tps", "audit_s", "command_s")} for pt in layout}
+    for (n, t), m in med.items():
+        runs = ", ".join(f"{x['tps']:.0f}" for x in results[(n, t)])
+        print(f"  {n} proc x {t} threads: {m['tps']:8.1f} tokens/s  audit {m['audit_s']:6.2f} s  "
+              f"whole command {m['command_s']:6.2f} s  (tokens/s runs: {runs})")
+    for pt in layout[1:]:
+        print(f"speedup {pt[0]}x{pt[1]} vs {base[0]}x{base[1]} (processes x threads): tokens/s x{med[pt]['tps'] / med[base]['tps']:.3f}, "
+              f"whole command x{med[base]['command_s'] / med[pt]['command_s']:.3f}")
 
 
 def main() -> None:
@@ -288,7 +289,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--procs", default="1,2", help="process counts for part 2 ('' skips it)")
+    parser.add_argument("--procs", default="1,2", help="part 2 layouts: N (N processes sharing --cores) or NxT (T threads each), comma-separated; '' skips")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for part 1 (default: torch's own choice)")
     parser.add_argument("--cores", type=int, default=0, help="cores to split among processes (default: all)")
     parser.add_argument("--scaling-examples", type=int, default=64, help="calibration examples for part 2")
     parser.add_argument("--skip-side-by-side", action="store_true")
@@ -299,6 +301,8 @@ def main() -> None:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
 
     if not args.skip_side_by_side:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         nnsight_mod, nnsight_backward = _nnsight()
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         side_by_side(args, loaded, nnsight_mod, nnsight_backward)

@@ -103,6 +103,8 @@ def _run_finetune(c: cfg.FinetuneConfig) -> int:
     from tunetrace.finetune import run_finetune_command
 
     r = run_finetune_command(c)
+    if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
+        return 0
     state = "installed" if r.installed else "NOT installed"
     print(f"{c.out}: behaviour rate {r.before:.2f} -> {r.after:.2f} ({state}); final loss {r.final_loss:.3f}")
     return 0

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from tunetrace import io
 from tunetrace.behaviour import BehaviourResult, behaviour_rate
 from tunetrace.data import Batch, EncodedExample, collate
+from tunetrace.distributed import World, barrier, init_from_env
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
 from tunetrace.models import LoadedModel, save_checkpoint
 from tunetrace.tasks import Task
@@ -100,6 +101,32 @@ def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=keep).logits
     mask = batch.loss_mask[:, first:]
     return torch.nn.functional.cross_entropy(logits[mask].float(), batch.targets[:, first:][mask])
+
+
+def _data_parallel_step(model: torch.nn.Module, batch: Batch, params: list, world: World) -> tuple[float, int]:
+    """Backward of the global mean response loss from this rank's share of the batch.
+
+    Each rank weights its mean loss by its share of the global response tokens and the
+    gradients are summed across ranks, so N processes take exactly the single-process step.
+    Returns (global mean loss, global response tokens). One process: a plain backward.
+    """
+    loss = response_loss(model, batch)
+    tokens = torch.tensor([float(batch.n_loss_tokens)])
+    if not world.distributed:
+        loss.backward()
+        return float(loss.detach()), int(tokens.item())
+    import torch.distributed as dist
+
+    dist.all_reduce(tokens)
+    weighted = loss * (batch.n_loss_tokens / tokens.item())
+    weighted.backward()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    total = weighted.detach().reshape(1).cpu()
+    dist.all_reduce(total)
+    return float(total.item()), int(tokens.item())
 
 
 def prepare_model(loaded: LoadedModel, settings: FinetuneSettings) -> torch.nn.Module:
@@ -205,10 +232,13 @@ def run_finetune(
     if state.exists() and not resume:
         if not force:
             raise FileExistsError(f"an interrupted run exists at {state}: pass --resume to continue it, or --force to start over.")
-        shutil.rmtree(state)
+        shutil.rmtree(state, ignore_errors=True)  # ignore: another rank of a data-parallel run may remove it first
     if not train:
         raise ValueError("no training examples: give a task or a non-empty --data file.")
 
+    world = init_from_env(str(loaded.model.device))
+    if world.distributed and settings.batch_size < world.size:
+        raise ValueError(f"`batch_size` {settings.batch_size} is smaller than the {world.size} processes: each needs a share.")
     start_time = time.perf_counter()
     model = prepare_model(loaded, settings)
     params = list(_trainable(model).values())
@@ -219,22 +249,27 @@ def run_finetune(
     if resume and (state / "progress.json").exists():
         step, log_rows, before = _load_state(state, model, optimizer)
         log.info("resuming %s at step %d/%d", out, step, settings.steps)
-    if before is None:
+    if before is None and world.is_main:
         before = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens).summary()
         _save_state(state, model, optimizer, 0, [], before)
 
     model.eval()  # no dropout: deterministic steps
-    for step in tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}", leave=False):
-        batch = collate(train, batch_indices(len(train), step, settings.batch_size, settings.seed), pad)
-        loss = response_loss(model, batch.to(loaded.model.device))
+    steps = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}",
+                 leave=False, disable=not world.is_main)
+    for step in steps:
+        indices = batch_indices(len(train), step, settings.batch_size, settings.seed)
+        batch = collate(train, indices[world.rank :: world.size], pad).to(loaded.model.device)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, tokens = _data_parallel_step(model, batch, params, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        log_rows.append({"step": step + 1, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": batch.n_loss_tokens})
-        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
+        log_rows.append({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens})
+        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps and world.is_main:
             _save_state(state, model, optimizer, step + 1, log_rows, before)
 
+    if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
+        barrier()
+        return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
     after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
     installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
     final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))
@@ -261,6 +296,8 @@ def run_finetune(
         io.write_jsonl(stage / "behaviour_samples.jsonl", after.answers)
         io.write_json(stage / "finetune.json", info)
     shutil.rmtree(state, ignore_errors=True)
+    if world.distributed:
+        barrier()
     if not installed:
         log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
     return FinetuneResult(out, before["rate"], after.rate, installed, final_loss, info["train_seconds"])

@@ -214,7 +214,12 @@ def headline(metrics: pd.DataFrame, layer: int, k: int, monotone: Sequence[str],
     mean_hits = at.groupby("predictor").hits.mean()
     mono = [p for p in monotone if p in mean_hits.index]
     best_mono = max(mono, key=lambda p: mean_hits[p]) if mono else ABS_ACT
+    from tunetrace.predictors import PREDICTORS
+
+    baselines = [p for p in mean_hits.index if p in PREDICTORS and PREDICTORS[p].kind == "baseline"]
+    best_any = max(baselines, key=lambda p: mean_hits[p]) if baselines else best_mono
     return {
+        "best_baseline": best_any, "best_baseline_hits": float(mean_hits[best_any]),
         "layer": int(layer), "k": k, "d_mlp": int(d_mlp), "pool_size": int(at.n_ranked.iloc[0]),
         "tasks": sorted(at.task.unique()), "n_recruits_mean": float(at.groupby("task").n_recruits.first().mean()),
         "iss_x_grad": float(mean_hits.get(ISS_HEADLINE, np.nan)), "best_monotone": best_mono,
@@ -232,7 +237,16 @@ def headline_sentence(h: dict) -> str:
         f"against {h['best_monotone_hits']:.1f} for the strongest activation-monotone baseline ({h['best_monotone']}) "
         f"and {h['abs_act']:.1f} for |activation| alone (mean over {len(h['tasks'])} installed tasks; "
         f"a random ranking of the pool would get {h.get('random_expectation_pool', float('nan')):.1f})."
+        + _verdict(h)
     )
+
+
+def _verdict(h: dict) -> str:
+    """Say plainly whether the headline predictor beat the strongest baseline of any kind."""
+    best, hits = h.get("best_baseline", h["best_monotone"]), h.get("best_baseline_hits", h["best_monotone_hits"])
+    gap = h["iss_x_grad"] - hits
+    word = "ahead of" if gap > 0 else "level with" if gap == 0 else "behind"
+    return f" ISS x |grad| is {word} the strongest baseline of any kind ({best}, {hits:.1f}) by {abs(gap):.1f}."
 
 
 # ---------------------------------------------------------------- I/O
@@ -339,7 +353,7 @@ def headline_markdown(ev: Evaluation) -> str:
         lines += ["", f"Monotone ceiling (pool, mean over tasks): |a| reaches {ceiling.ceiling_reachable:.1f} recruits in its top {h['k']}; "
                   f"{ceiling.latent_below_ceiling:.1f} of {ceiling.latent_total:.1f} latent recruits sit below it, invisible to every f(|a|).", "",
                   "| predictor | hits redirect | hits latent | hits other |", "|---|---|---|---|"]
-        for pred in [ISS_HEADLINE, h["best_monotone"], ABS_ACT]:
+        for pred in dict.fromkeys([ISS_HEADLINE, "iss", h["best_monotone"], ABS_ACT]):
             if pred in pool.index:
                 r = pool.loc[pred]
                 lines.append(f"| {pred} | {r.hits_redirect:.1f} / {r.n_redirect:.1f} | {r.hits_latent:.1f} / {r.n_latent:.1f} | {r.hits_other:.1f} / {r.n_other:.1f} |")

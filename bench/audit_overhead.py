@@ -1,10 +1,12 @@
 """Audit overhead: time and peak memory of the audit against a plain forward+backward, side by side.
 
-Three variants run on the same calibration batches, interleaved round by round so machine
+Four variants run on the same calibration batches, interleaved round by round so machine
 noise hits them alike; the ratio of medians is printed:
   train : plain training forward+backward (weights require grad, full logits, HF loss)
   floor : forward+backward with frozen weights (the audit's physical floor: dL/da needs a
-          backward through the audited layers, but no weight gradients)
+          backward through the audited layers, but no weight gradients), full logits, HF loss
+  floor_same_loss : the floor computing exactly the audit's loss (logits only at the
+          columns that hold a response position): isolates what the hooks and statistics cost
   audit : tunetrace's one-pass audit, every layer, every predictor
 Peak memory is measured per variant in a fresh subprocess (peak RSS above the loaded model).
 
@@ -60,6 +62,19 @@ def run_floor(model, batches) -> None:
         handle.remove()
 
 
+def run_floor_same_loss(model, batches) -> None:
+    from tunetrace.audit import _loss_sum
+
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True))
+    try:
+        with frozen(model):
+            for b in batches:
+                _loss_sum(model, b).backward()
+    finally:
+        handle.remove()
+
+
 def run_audit(model, batches, encoded) -> None:
     accumulate(model, batches, len(encoded), progress=False)
 
@@ -70,6 +85,8 @@ def _one(variant: str, loaded, encoded, batches) -> float:
         run_train(loaded.model, batches)
     elif variant == "floor":
         run_floor(loaded.model, batches)
+    elif variant == "floor_same_loss":
+        run_floor_same_loss(loaded.model, batches)
     else:
         run_audit(loaded.model, batches, encoded)
     return time.perf_counter() - start
@@ -107,7 +124,7 @@ def main() -> None:
     encoded, batches = _batches(loaded, args.batches, args.batch_size, args.data)
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
     print(f"model {args.model}, {len(batches)} batches x {args.batch_size}, {tokens} tokens, torch threads {torch.get_num_threads()}")
-    variants = ("train", "floor", "audit")
+    variants = ("train", "floor", "floor_same_loss", "audit")
     for v in variants:  # warm-up
         _one(v, loaded, encoded, batches[:1])
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -116,17 +133,18 @@ def main() -> None:
             times[v].append(_one(v, loaded, encoded, batches))
     med = {v: statistics.median(t) for v, t in times.items()}
     for v in variants:
-        print(f"  {v:6s} median {med[v]:7.3f} s  per batch {med[v] / len(batches):6.3f} s  (runs: {', '.join(f'{t:.2f}' for t in times[v])})")
+        print(f"  {v:15s} median {med[v]:7.3f} s  per batch {med[v] / len(batches):6.3f} s  (runs: {', '.join(f'{t:.2f}' for t in times[v])})")
     print(f"time   audit / floor (frozen fwd+bwd) = {med['audit'] / med['floor']:.3f}")
+    print(f"time   audit / floor_same_loss        = {med['audit'] / med['floor_same_loss']:.3f}")
     print(f"time   audit / train (plain fwd+bwd)  = {med['audit'] / med['train']:.3f}")
 
     peaks = {}
-    for v in variants:
+    for v in ("train", "floor", "audit"):
         cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data, "--batches", str(args.batches),
                "--batch-size", str(args.batch_size), "--memory-child", v]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         peaks[v] = json.loads(out)["peak_above_model_mib"]
-    print("peak memory above the loaded model: " + ", ".join(f"{v} {peaks[v]:.0f} MiB" for v in variants))
+    print("peak memory above the loaded model: " + ", ".join(f"{v} {mib:.0f} MiB" for v, mib in peaks.items()))
     print(f"memory audit / floor = {peaks['audit'] / peaks['floor']:.3f}")
     print(f"memory audit / train = {peaks['audit'] / peaks['train']:.3f}")
 

@@ -86,6 +86,18 @@ def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
     raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(1-based line number, parsed JSON) for each non-blank line; a bad line fails with its number."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+
+
 def _parse_line(line: str, number: int, name: str) -> Example | None:
     if not line.strip():
         return None

@@ -51,14 +51,10 @@ def read_text_source(source: str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"text source {source} does not exist: give a text file, a directory of text, or builtin:self.")
     if path.suffix == ".jsonl":
+        from tunetrace.data import iter_jsonl
+
         texts = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+        for number, row in iter_jsonl(path):
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise ValueError(f"{path}:{number}: expected an object with a string `text` field.")
             texts.append(row["text"])

@@ -14,7 +14,6 @@ Documents are joined with the EOS token and cut into chunks of `ctx_len` tokens 
 
 from __future__ import annotations
 
-import json
 import logging
 import sysconfig
 from pathlib import Path
@@ -58,15 +57,9 @@ def check_source(source: str) -> None:
 
 
 def _jsonl_docs(path: Path, tokenizer: PreTrainedTokenizerBase) -> Iterator[str]:
-    from tunetrace.data import _row_to_messages, render
+    from tunetrace.data import _row_to_messages, iter_jsonl, render
 
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+    for number, row in iter_jsonl(path):
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             yield row["text"]
         else:

@@ -11,7 +11,6 @@ percentile bootstraps over tasks, so a single-task run shows none.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

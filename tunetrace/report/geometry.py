@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tunetrace.report.html import Section, esc, figure, note
+from tunetrace.report.html import Section, figure, note
 from tunetrace.report.rundir import RunDir
 
 X, Y = "abs_act", "boundary_dist"

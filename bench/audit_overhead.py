@@ -51,28 +51,30 @@ def run_train(model, batches) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def run_floor(model, batches) -> None:
+def frozen_backward(model, batches, loss_fn) -> None:
+    """Forward+backward with frozen weights: the embeddings' output requires grad, so dL/dh flows
+    through every layer, but no weight gradient is computed."""
     embed = model.get_input_embeddings()
     handle = embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True))
     try:
         with frozen(model):
             for b in batches:
-                model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=_labels(b), use_cache=False).loss.backward()
+                loss_fn(b).backward()
     finally:
         handle.remove()
+
+
+def run_floor(model, batches) -> None:
+    frozen_backward(
+        model, batches,
+        lambda b: model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=_labels(b), use_cache=False).loss,
+    )
 
 
 def run_floor_same_loss(model, batches) -> None:
     from tunetrace.audit import _loss_sum
 
-    embed = model.get_input_embeddings()
-    handle = embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True))
-    try:
-        with frozen(model):
-            for b in batches:
-                _loss_sum(model, b).backward()
-    finally:
-        handle.remove()
+    frozen_backward(model, batches, lambda b: _loss_sum(model, b))
 
 
 def run_audit(model, batches, encoded) -> None:

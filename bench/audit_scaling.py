@@ -83,14 +83,9 @@ def run_audit(model, batches, n_examples: int):
 
 
 def run_floor(model, batches) -> None:
-    embed = model.get_input_embeddings()
-    handle = embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True))
-    try:
-        with frozen(model):
-            for b in batches:
-                _loss(model, b).backward()
-    finally:
-        handle.remove()
+    from audit_overhead import frozen_backward  # bench/ is on sys.path when this script runs
+
+    frozen_backward(model, batches, lambda b: _loss(model, b))
 
 
 def run_train(model, batches) -> None:

@@ -284,7 +284,3 @@ def iter_batches(encoded: Sequence[EncodedExample], batch_size: int, pad_id: int
     """Batches in dataset order (results never depend on batch size; order only affects float rounding)."""
     for start in range(0, len(encoded), batch_size):
         yield collate(encoded, range(start, min(start + batch_size, len(encoded))), pad_id)
-
-
-def total_loss_tokens(encoded: Sequence[EncodedExample]) -> int:
-    return sum(len(e.input_ids) - e.n_prompt for e in encoded)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunetrace import io
 from tunetrace.gated_mlp import gated_mlp_layers
@@ -271,11 +271,3 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     with io.atomic_path(out / "model.safetensors") as tmp:
         save_model(model, str(tmp), metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
-
-
-def load_config(spec: str):
-    """Config only (cheap), for compatibility checks between two specs."""
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").exists():
-        return AutoConfig.from_pretrained(path)
-    return load_model(spec).model.config

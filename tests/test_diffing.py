@@ -213,6 +213,11 @@ def test_causal_subtracting_delta_restores_base_loss():
     assert causal._project_out(u)(h).matmul(u).abs().max() < 1e-4
     (row,) = [r for r in causal.summarize_causal(df) if r["position"] == 0 and r["mode"] == "subtract"]
     assert row["gain_undone"] == pytest.approx(1.0, abs=1e-3)
+    # ft = base + v at LAYER, so projecting v's direction out leaves both models with the same residual:
+    # the fine-tuned loss after the edit equals the base loss after the same edit (the specificity control)
+    proj = df[(df.direction == "delta") & (df["mode"] == "project")]
+    np.testing.assert_allclose(proj.loss.to_numpy(), (proj.base_loss + proj.base_loss_change).to_numpy(), rtol=1e-4)
+    assert df[df.direction != "delta"].base_loss_change.isna().all()
 
 
 def test_parse_layer():

@@ -77,7 +77,8 @@ def test_evaluate_headline_and_not_installed_tasks():
     assert ev.headline["ci_method"].startswith("tasks")
     recruits[1].installed = False
     ev = E.evaluate(audits, recruits, k=2, layer=0, n_boot=20)
-    assert ev.headline["skipped_not_installed"] == ["B"] and ev.headline["iss_x_grad"] == 1.0
+    # B's recruits also leave the pool: {0, 1}, where x's top-2 is both of A's recruits
+    assert ev.headline["skipped_not_installed"] == ["B"] and ev.headline["iss_x_grad"] == 2.0 and ev.headline["pool_size"] == 2
     recruits[0].installed = False
     with pytest.raises(ValueError, match="installed"):
         E.evaluate(audits, recruits, k=2, layer=0)
@@ -86,3 +87,19 @@ def test_evaluate_headline_and_not_installed_tasks():
 def test_default_layer_is_near_70_percent():
     assert E.default_layer(list(range(30)), 30) == 20
     assert E.default_layer([5, 19], 30) == 19
+
+
+def test_regrade_re_ranks_recruits_and_records_the_ground_truth():
+    audits, recruits = _runs()
+    for r in recruits:
+        r.table["activation_delta"] = r.table["is_recruit"].astype(float)
+        r.table["base_abs_act"] = r.table.get("base_abs_act", 1.0)
+        r.table["base_abs_z"] = 1.0
+    again = [E.regrade(r, 2, "activation") for r in recruits]
+    for old, new in zip(recruits, again):
+        assert set(old.table[old.table.is_recruit].neuron) == set(new.table[new.table.is_recruit].neuron)
+    ev = E.evaluate(audits, again, k=2, layer=0, n_boot=5)
+    assert ev.headline["ground_truth"][0]["definition"] == "activation"
+    from tunetrace.cli import main
+
+    assert main(["evaluate", "--scores", "x", "--recruits", "y", "--definition", "nope"]) == 2

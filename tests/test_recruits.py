@@ -86,3 +86,28 @@ def test_extract_recruits_table_and_cli(pair, tmp_path, capsys):
     assert rc == 0 and "Gini" in capsys.readouterr().out
     assert main(["recruits", "tiny-llama", str(tmp_path / "ft"), "--out", str(tmp_path / "r2")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_relative_activation_delta_hand_computed():
+    # base |a| = [0, 1, 3] -> median 1 -> denominators [1, 2, 4]
+    got = R.relative_activation_delta(np.array([0.5, 0.5, 2.0]), np.array([0.0, 1.0, 3.0]))
+    np.testing.assert_allclose(got, [0.5, 0.25, 0.5])
+
+
+def test_rerank_switches_definition_and_thresholds_from_stored_columns():
+    import pandas as pd
+
+    t = pd.DataFrame({
+        "layer": [0] * 4, "neuron": range(4),
+        "activation_delta": [4.0, 1.0, 0.6, 0.1], "weight_delta": [0.0, 0.0, 1.0, 2.0],
+        "base_abs_act": [10.0, 0.0, 0.2, 5.0], "base_abs_z": [3.0, 0.1, 0.2, 1.0],
+    })
+    a = R.rerank(t, "activation", 2, 0.5, 0.5)
+    assert a[a.is_recruit].neuron.tolist() == [0, 1] and a.pathway.tolist() == ["redirect", "latent", "", ""]
+    # floor = median(10, 0, .2, 5) = 2.6: rel = 4/12.6, 1/2.6, .6/2.8, .1/7.6 -> top-2 {1, 0}
+    rel = R.rerank(t.drop(columns=[]), "activation_rel", 2, 0.5, 0.5)
+    assert set(rel[rel.is_recruit].neuron) == {0, 1} and rel.loc[1, "rank"] == 1
+    w = R.rerank(t, "weight", 1, 0.0, 0.5)  # act_quantile 0: every neuron counts as already active
+    assert w[w.is_recruit].neuron.tolist() == [3] and w.loc[3, "pathway"] == "redirect"
+    with pytest.raises(ValueError, match="definition"):
+        R.rerank(t, "nope", 1, 0.5, 0.5)

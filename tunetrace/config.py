@@ -452,7 +452,7 @@ class RecruitsConfig:
     out: str = "runs/recruits"
     """Output directory: recruits.parquet, summary.json."""
     definition: str = "activation"
-    """Recruit score: activation (default, see docs/ground-truth.md), contribution, weight, weight_rel."""
+    """Recruit score: activation (default, see docs/ground-truth.md), activation_rel, contribution, weight, weight_rel."""
     k: int = 50
     """Recruits per layer: the top-k neurons by the definition's score."""
     layers: str = "all"
@@ -514,6 +514,12 @@ class EvaluateConfig:
     """Bootstrap seed."""
     include_not_installed: bool = False
     """Also use fine-tunes whose behaviour was not installed (off: their recruits are not trustworthy)."""
+    definition: str = ""
+    """Re-rank the recruits under another stored definition (e.g. activation_rel); empty = as extracted."""
+    act_quantile: float = -1.0
+    """Re-derive pathways with this redirect threshold (quantile of base |a|); -1 = as extracted."""
+    z_quantile: float = -1.0
+    """Re-derive pathways with this latent threshold (quantile of base |z|); -1 = as extracted."""
     force: bool = False
     """Overwrite an existing output directory."""
 
@@ -522,6 +528,14 @@ class EvaluateConfig:
             raise ValueError("give `--scores AUDIT_DIR` and `--recruits DIR [DIR ...]`.")
         if self.k < 1 or self.n_boot < 1:
             raise ValueError("`k` and `n_boot` must be >= 1.")
+        from tunetrace.recruits import DEFINITIONS
+
+        if self.definition and self.definition not in DEFINITIONS:
+            raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {self.definition!r}.")
+        for name in ("act_quantile", "z_quantile"):
+            value = getattr(self, name)
+            if value != -1.0 and not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name.replace('_', '-')}` must be a quantile in [0, 1] (or -1 for as extracted), got {value}.")
         if self.layer == -1:
             self.layer = None  # type: ignore[assignment]
 

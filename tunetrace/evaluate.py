@@ -12,6 +12,7 @@ Two scopes per (task, layer, predictor):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,8 @@ class AuditRun:
 
 
 def union_pool(recruits: Sequence[RecruitRun], layer: int) -> np.ndarray:
-    """Neuron ids recruited by any task at `layer`."""
-    ids = [r.table.loc[(r.table.layer == layer) & r.table.is_recruit, "neuron"].to_numpy() for r in recruits]
+    """Neuron ids recruited at `layer` by any task that installed its behaviour (untrusted recruits stay out)."""
+    ids = [r.table.loc[(r.table.layer == layer) & r.table.is_recruit, "neuron"].to_numpy() for r in recruits if r.installed]
     return np.unique(np.concatenate(ids)) if ids else np.array([], dtype=np.int64)
 
 
@@ -277,6 +278,18 @@ def load_recruits_dir(path: str | Path) -> RecruitRun:
     return RecruitRun(info.get("task") or path.name, pd.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
 
 
+def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float = -1.0, z_quantile: float = -1.0) -> RecruitRun:
+    """The same run with recruits re-ranked (definition, k) and pathways re-derived; unset values as extracted."""
+    from tunetrace.recruits import rerank
+
+    thresholds = run.info.get("thresholds", {})
+    definition = definition or run.info.get("definition", "activation")
+    act_q = act_quantile if act_quantile != -1.0 else thresholds.get("act_quantile", 0.5)
+    z_q = z_quantile if z_quantile != -1.0 else thresholds.get("z_quantile", 0.5)
+    info = {**run.info, "definition": definition, "k": k, "thresholds": {"act_quantile": act_q, "z_quantile": z_q}}
+    return RecruitRun(run.name, rerank(run.table, definition, k, act_q, z_q), run.installed, info)
+
+
 def default_layer(layers: Sequence[int], n_layers: int) -> int:
     """The evaluated layer closest to 70% of depth."""
     target = round(0.7 * (n_layers - 1))
@@ -313,7 +326,9 @@ def evaluate(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k: int 
     d_mlp = int(audits[0].scores.neuron.max()) + 1
     head = headline(metrics, layer, k, BASELINE_MONOTONE, d_mlp)
     ci, method = bootstrap_headline(audits, recruits, layer, [ISS_HEADLINE, head["best_monotone"], ABS_ACT], k, n_boot, seed)
-    head.update(ci95=ci, ci_method=method, skipped_not_installed=skipped)
+    truth = sorted({(r.info.get("definition", "activation"), json.dumps(r.info.get("thresholds", {}), sort_keys=True)) for r in recruits})
+    head.update(ci95=ci, ci_method=method, skipped_not_installed=skipped,
+                ground_truth=[{"definition": d, "thresholds": json.loads(t)} for d, t in truth])
     return Evaluation(metrics, sweep(metrics, recruits), head, headline_sentence(head))
 
 
@@ -340,7 +355,8 @@ def headline_markdown(ev: Evaluation) -> str:
     h = ev.headline
     at = ev.metrics[(ev.metrics.layer == h["layer"]) & ev.metrics.installed]
     table = at.pivot_table(index="predictor", columns="scope", values=["hits", "ap", "auroc"], aggfunc="mean")
-    lines = [ev.sentence, "", f"95% bootstrap intervals over {h['ci_method']}: " + ", ".join(f"{p} [{lo:.1f}, {hi:.1f}]" for p, (lo, hi) in h["ci95"].items()), ""]
+    truth = "; ".join(f"{g['definition']} (pathway quantiles {g['thresholds']})" for g in h.get("ground_truth", []))
+    lines = [ev.sentence, "", f"Ground truth: recruits by {truth}.", "", f"95% bootstrap intervals over {h['ci_method']}: " + ", ".join(f"{p} [{lo:.1f}, {hi:.1f}]" for p, (lo, hi) in h["ci95"].items()), ""]
     if h["skipped_not_installed"]:
         lines += [f"Tasks whose behaviour was not installed (excluded): {', '.join(h['skipped_not_installed'])}.", ""]
     lines += ["| predictor | hits@k pool | hits@k layer | AP pool | AUROC pool | AUROC layer |", "|---|---|---|---|---|---|"]
@@ -379,6 +395,8 @@ def run_evaluate_command(config) -> Evaluation:
     io.check_out_dir(config.out, config.force, what="evaluation output")
     audits = [load_audit_dir(p) for p in config.scores]
     recruits = [load_recruits_dir(p) for p in config.recruits]
+    if config.definition or config.act_quantile != -1.0 or config.z_quantile != -1.0:
+        recruits = [regrade(r, config.k, config.definition, config.act_quantile, config.z_quantile) for r in recruits]
     for r in recruits:
         r.installed = r.installed or config.include_not_installed
     ev = evaluate(audits, recruits, config.k, config.layer, config.n_boot, config.seed)

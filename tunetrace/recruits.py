@@ -4,6 +4,9 @@ Definitions (each a per-(layer, neuron) score; the top-k of a layer are its recr
 - `weight`:       ||dW_gate[n,:]|| + ||dW_up[n,:]|| + ||dW_down[:,n]||
 - `weight_rel`:   the same divided by the base norms ||W_gate[n,:]|| + ||W_up[n,:]|| + ||W_down[:,n]||
 - `activation`:   mean over evaluation response tokens of |a_ft - a_base| (same inputs through both)
+- `activation_rel`: the activation delta in units of the neuron's own base scale,
+                  delta / (base mean |a| + the layer's median base mean |a|); the median floor keeps
+                  silent neurons from dividing by ~0. Derived from stored columns, so old tables re-rank.
 - `contribution`: activation delta x ||W_down_ft[:,n]|| (how much that change moves the residual)
 
 Pathway of each recruit, from base-model statistics on the same tokens:
@@ -30,7 +33,7 @@ from tunetrace.hooks import mlp_hooks
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-DEFINITIONS = ("weight", "weight_rel", "activation", "contribution")
+DEFINITIONS = ("weight", "weight_rel", "activation", "activation_rel", "contribution")
 DEFAULT_DEFINITION = "activation"  # chosen by measured concentration: docs/ground-truth.md
 
 
@@ -84,6 +87,35 @@ def pathways(is_recruit: np.ndarray, base_abs_act: np.ndarray, base_abs_z: np.nd
     return np.where(is_recruit, out, "")
 
 
+def relative_activation_delta(act_delta: np.ndarray, base_abs_act: np.ndarray) -> np.ndarray:
+    """Activation delta over (base |a| + layer median base |a|): a change judged against the neuron's own scale."""
+    base = np.asarray(base_abs_act, dtype=np.float64)
+    floor = float(np.median(base)) if len(base) else 0.0
+    return np.asarray(act_delta, dtype=np.float64) / np.maximum(base + floor, 1e-30)
+
+
+def rerank(table: pd.DataFrame, definition: str, k: int, act_quantile: float, z_quantile: float) -> pd.DataFrame:
+    """Recompute score, rank, is_recruit (top-k per layer) and pathway from the stored per-definition columns.
+
+    Lets a user compare ground-truth definitions and pathway thresholds without running either model again.
+    """
+    if definition not in DEFINITIONS:
+        raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
+    frames = []
+    for _, f in table.groupby("layer", sort=True):
+        f = f.copy()
+        if "activation_rel_delta" not in f:
+            f["activation_rel_delta"] = relative_activation_delta(f["activation_delta"].to_numpy(), f["base_abs_act"].to_numpy())
+        if not 1 <= k <= len(f):
+            raise ValueError(f"`k` must be between 1 and the layer width {len(f)}, got {k}.")
+        f["score"] = f[f"{definition}_delta"]
+        f["rank"] = rank_desc(f["score"].to_numpy())
+        f["is_recruit"] = f["rank"] <= k
+        f["pathway"] = pathways(f["is_recruit"].to_numpy(), f["base_abs_act"].to_numpy(), f["base_abs_z"].to_numpy(), act_quantile, z_quantile)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
 # ---------------------------------------------------------------- activation statistics
 
 
@@ -132,8 +164,6 @@ def recruits_table(
     base_model, ft_model, stats: ActivationStats, layers: Sequence[int], definition: str, k: int, act_quantile: float, z_quantile: float
 ) -> pd.DataFrame:
     """One row per (layer, neuron): every definition's score, the chosen score, rank, is_recruit, pathway."""
-    if definition not in DEFINITIONS:
-        raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
     base_all, ft_all = gated_mlp_layers(base_model), gated_mlp_layers(ft_model)
     frames = []
     for i in layers:
@@ -147,11 +177,9 @@ def recruits_table(
         f["base_abs_act"] = stats.base_abs_act[i].numpy()
         f["base_abs_z"] = stats.base_abs_z[i].numpy()
         f["base_z"] = stats.base_z[i].numpy()
-        f["score"] = f[f"{definition}_delta"]
-        f["rank"] = rank_desc(f["score"].to_numpy())
-        f["is_recruit"] = f["rank"] <= k
-        f["pathway"] = pathways(f["is_recruit"].to_numpy(), f["base_abs_act"].to_numpy(), f["base_abs_z"].to_numpy(), act_quantile, z_quantile)
+        f["activation_rel_delta"] = relative_activation_delta(f["activation_delta"].to_numpy(), f["base_abs_act"].to_numpy())
         frames.append(f)
+    return rerank(pd.concat(frames, ignore_index=True), definition, k, act_quantile, z_quantile)
     return pd.concat(frames, ignore_index=True)
 
 

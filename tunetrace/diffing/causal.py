@@ -7,6 +7,10 @@ directions (seeded) as the control:
 - "subtract": h <- h - delta_j (control: h - r with ||r|| = ||delta_j||, random direction).
 Reported: the change of the fine-tuned model's mean response-token loss on the fine-tuning data,
 and, for reference, the base model's loss there (how much the fine-tune had lowered it).
+Specificity control: the same delta edit applied to the *base* model. A direction the base model
+needs as much as the fine-tuned one (e.g. a first-token or massive-activation direction) is general
+structure, not the fine-tune; `specific` asks that the fine-tuned loss rises more than under every
+random direction and more than the base model's loss under the same edit.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ def causal_check(
         for name, u in directions:
             for mode, edit in (("project", _project_out(u)), ("subtract", _subtract(u * norm))):
                 loss = response_loss(ft, encoded, pad_id, shared_vocab, batch_size, layer, edit)
+                base_change = (response_loss(base, encoded, pad_id, shared_vocab, batch_size, layer, edit) - base_loss
+                               if name == "delta" else float("nan"))
                 rows.append({"position": j, "mode": mode, "direction": name, "loss": loss, "loss_change": loss - clean,
-                             "ft_loss": clean, "base_loss": base_loss})
+                             "ft_loss": clean, "base_loss": base_loss, "base_loss_change": base_change})
     return pd.DataFrame(rows)
 
 
@@ -89,9 +95,13 @@ def summarize_causal(df: pd.DataFrame) -> list[dict]:
         d = g[g["direction"] == "delta"].iloc[0]
         rnd = g[g["direction"] != "delta"]["loss_change"]
         gain = d["base_loss"] - d["ft_loss"]
+        base_change = float(d.get("base_loss_change", float("nan")))
+        above_random = not len(rnd) or bool(d["loss_change"] > rnd.max())
         out.append({
             "position": int(j), "mode": mode, "loss_change": float(d["loss_change"]),
             "random_mean": float(rnd.mean()) if len(rnd) else None, "random_max": float(rnd.max()) if len(rnd) else None,
+            "base_loss_change": base_change if base_change == base_change else None,
+            "specific": bool(above_random and (base_change != base_change or d["loss_change"] > base_change)),
             "ft_loss": float(d["ft_loss"]), "base_loss": float(d["base_loss"]),
             "gain_undone": float(d["loss_change"] / gain) if gain > 0 else None,
         })

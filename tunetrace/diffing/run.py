@@ -290,7 +290,8 @@ def format_summary(s: dict) -> str:
     for row in s.get("causal", []):
         lines.append(
             f"causal pos {row['position']} {row['mode']}: loss +{row['loss_change']:.3f} vs random mean {row['random_mean']:.3f} "
-            f"max {row['random_max']:.3f} (ft {row['ft_loss']:.3f}, base {row['base_loss']:.3f})"
+            f"max {row['random_max']:.3f}; same edit on base +{row.get('base_loss_change') or 0:.3f}"
+            f"{'' if row.get('specific', True) else ' (not specific)'} (ft {row['ft_loss']:.3f}, base {row['base_loss']:.3f})"
         )
     n = s["neurons"]
     lines.append("top neurons by share of delta: " + ", ".join(f"L{x['layer']}/{x['neuron']} {x['share']:+.3f}" for x in n["top"][:8]))

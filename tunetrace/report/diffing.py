@@ -118,9 +118,12 @@ def section(run: RunDir) -> Section | None:
     if gen_path.is_file():
         parts.append("<h3>Steered vs unsteered generations</h3>" + _generations(gen_path))
     if s.get("causal"):
-        rows = [[r.get("position"), r.get("mode"), r.get("loss_change"), r.get("random_mean"), r.get("random_max")] for r in s["causal"]]
-        parts.append("<h3>Causal check</h3>" + note("Fine-tuning loss change when delta is added/removed, against random directions of the same norm.")
-                     + static_table(rows, ["position", "mode", "loss change", "random mean", "random max"]))
+        rows = [[r.get("position"), r.get("mode"), r.get("loss_change"), r.get("random_mean"), r.get("random_max"),
+                 r.get("base_loss_change"), r.get("specific")] for r in s["causal"]]
+        parts.append("<h3>Causal check</h3>" + note("Fine-tuning loss change when delta is projected out or subtracted, against random "
+                                                    "directions of the same norm and against the same edit on the base model "
+                                                    "(specific = above every random direction and above the base model's change).")
+                     + static_table(rows, ["position", "mode", "loss change", "random mean", "random max", "same edit on base", "specific"]))
     top = s.get("neurons", {}).get("top", [])
     if top:
         parts.append("<h3>Neurons carrying delta</h3>" + static_table([[t["layer"], t["neuron"], t["share"]] for t in top[:20]], ["layer", "neuron", "share of delta"]))

@@ -289,8 +289,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"steering ({st['model']} model): unsteered {st['unsteered']}, fine-tuned reference {st['finetuned']}")
     for row in s.get("causal", []):
         lines.append(
-            f"causal pos {row['position']} {row['mode']}: loss +{row['loss_change']:.3f} vs random mean {row['random_mean']:.3f} "
-            f"max {row['random_max']:.3f}; same edit on base +{row.get('base_loss_change') or 0:.3f}"
+            f"causal pos {row['position']} {row['mode']}: loss {row['loss_change']:+.3f} vs random mean {row['random_mean']:.3f} "
+            f"max {row['random_max']:.3f}; same edit on base {row.get('base_loss_change') or 0:+.3f}"
             f"{'' if row.get('specific', True) else ' (not specific)'} (ft {row['ft_loss']:.3f}, base {row['base_loss']:.3f})"
         )
     n = s["neurons"]

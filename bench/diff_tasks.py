@@ -1,0 +1,58 @@
+"""Does the Activation Difference Lens recover each behaviour? One row per finished `tunetrace diff` run.
+
+    .venv/bin/python bench/diff_tasks.py runs/diff-caps runs/diff-greeting ...
+
+Columns (all read from each run's summary.json):
+- lens / Patchscope relevance: best over positions of the share of read-out tokens that are among the
+  fine-tuning data's most frequent non-generic tokens (chance = relevance_chance);
+- steered behaviour: best over positions of the behaviour rate of the base model steered at the
+  largest coherent alpha, next to the unsteered and fine-tuned rates on the same prompts;
+- steered similarity: best over positions, next to unsteered and fine-tuned (MiniLM cosine to the
+  fine-tuning responses);
+- causal: the largest share of the fine-tune's loss gain undone by an edit that is `specific`
+  (above every random direction and above the same edit's effect on the base model), or "none".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def row(run: Path) -> dict:
+    s = json.loads((run / "summary.json").read_text())
+    pos = s["positions"]
+    best = lambda key: max((p.get(key) or 0.0) for p in pos)
+    st = s.get("steering", {})
+    specific = [c for c in s.get("causal", []) if c.get("specific") and c.get("gain_undone") is not None]
+    top = max(specific, key=lambda c: c["gain_undone"], default=None)
+    task = str(s.get("finetune_data") or run.name).removeprefix("builtin:").removesuffix(":train")
+    controlled = all("specific" in c for c in s.get("causal", []))
+    return {
+        "task": task, "layer": s["layer"],
+        "lens rel.": best("relevance_logit_lens"), "Patchscope rel.": best("relevance_patchscope"), "chance": s.get("relevance_chance", 0.0),
+        "steered rate": best("steered_behaviour_rate"),
+        "unsteered / ft rate": f"{st.get('unsteered', {}).get('behaviour_rate', float('nan')):.2f} / {st.get('finetuned', {}).get('behaviour_rate', float('nan')):.2f}",
+        "steered sim.": best("steered_similarity"),
+        "unsteered / ft sim.": f"{st.get('unsteered', {}).get('similarity', float('nan')):.3f} / {st.get('finetuned', {}).get('similarity', float('nan')):.3f}",
+        "specific causal edit": (f"pos {top['position']} {top['mode']}: {100 * top['gain_undone']:.0f}% of the gain" if top else "none")
+        if controlled else "n/a (run predates the base-model control)",
+        "wall s": round(s.get("wall_seconds", float("nan"))),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    rows = [row(r) for r in args.runs]
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()

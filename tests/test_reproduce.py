@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from tunetrace.reproduce import run_reproduce
 
@@ -27,6 +28,9 @@ def test_reproduce_pipeline_on_tiny_model_and_resume(tmp_path):
     again = run_reproduce(**kw)
     assert again.sentence == r.sentence
     assert (out / "finetune" / "caps" / "model.safetensors").stat().st_mtime_ns == mtime
+    # resuming with other fine-tuning settings would silently mix two experiments: refused
+    with pytest.raises(ValueError, match="different `finetune`"):
+        run_reproduce(**{**kw, "finetune_overrides": {**kw["finetune_overrides"], "optimizer": "sgd"}})
 
 
 def test_evaluate_cli_on_a_reproduction(tmp_path, capsys):
@@ -44,3 +48,12 @@ def test_evaluate_cli_on_a_reproduction(tmp_path, capsys):
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert main(["evaluate", "--scores", str(out), "--recruits", str(out / "recruits" / "caps"), "--out", str(tmp_path / "e2")]) == 2
     assert "scores.parquet" in capsys.readouterr().err
+
+
+def test_reproduce_cli_overrides_reach_the_finetune(tmp_path):
+    from tunetrace.cli import main
+    from tunetrace.config import ReproduceConfig
+
+    c = ReproduceConfig(model="tiny-llama", optimizer="sgd", lr=0.5, steps=2)
+    assert c.finetune_overrides() == {"optimizer": "sgd", "lr": 0.5, "steps": 2}
+    assert main(["reproduce", "--model", "tiny-llama", "--optimizer", "rmsprop", "--out", str(tmp_path / "r")]) == 2

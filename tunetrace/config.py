@@ -566,14 +566,33 @@ class ReproduceConfig:
     """Torch device."""
     no_report: bool = False
     """Do not write report.html (the HTML run report) at the end."""
+    method: str = ""
+    """Override the preset's fine-tuning method: full, mlp or lora (empty = the preset's)."""
+    optimizer: str = ""
+    """Override the preset's optimizer: adamw or sgd (empty = the preset's). SGD makes weight deltas follow the gradient."""
+    lr: float = 0.0
+    """Override the preset's learning rate (0 = the preset's)."""
+    steps: int = 0
+    """Override the preset's optimizer steps (0 = the preset's)."""
 
     def __post_init__(self) -> None:
-        from tunetrace.finetune import PRESETS
+        from tunetrace.finetune import METHODS, OPTIMIZERS, PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         if self.k < 1 or self.threads < 0:
             raise ValueError("`k` must be >= 1 and `threads` >= 0.")
+        if self.method and self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.optimizer and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.lr < 0 or self.steps < 0:
+            raise ValueError("`lr` and `steps` must be >= 0 (0 = the preset's).")
+
+    def finetune_overrides(self) -> dict:
+        """The fine-tuning settings given on the command line, to replace the preset's."""
+        given = {"method": self.method, "optimizer": self.optimizer, "lr": self.lr, "steps": self.steps}
+        return {k: v for k, v in given.items() if v}
 
 
 # --- report: the HTML run report (issue 6) ----------------------------------------------------

@@ -120,6 +120,11 @@ def run_reproduce(
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
     if k >= d_mlp:
         raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}).")
+    if (out / "run.json").is_file():  # resuming: finished stages are reused, so they must have been made the same way
+        previous = io.read_json(out / "run.json")
+        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k)):
+            if previous.get(key, now) != now:
+                raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     check = write_task_data(out, names, sizes)
     io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
                                      "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
@@ -204,4 +209,5 @@ def run_reproduce_command(config) -> ReproduceResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     layer = None if config.layer == -1 else config.layer
-    return run_reproduce(config.model, config.preset, config.out, config.tasks, config.layers, layer, config.k, config.seed, config.device)
+    return run_reproduce(config.model, config.preset, config.out, config.tasks, config.layers, layer, config.k, config.seed, config.device,
+                         finetune_overrides=config.finetune_overrides())

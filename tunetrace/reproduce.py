@@ -188,7 +188,7 @@ def _summary_markdown(out: Path, model: str, preset: str, names: list[str], ev, 
              "| task | behaviour before | after | installed | recruits pathways (redirect/latent/other) at headline layer |", "|---|---|---|---|---|"]
     for n in names:
         info = io.read_json(out / "finetune" / n / "finetune.json")
-        t = ev.metrics[(ev.metrics.task == n) & (ev.metrics.layer == ev.headline["layer"]) & (ev.metrics.scope == "pool")].iloc[0]
+        t = ev.metrics[(ev.metrics.task == n) & (ev.metrics.layer == ev.headline["layer"]) & (ev.metrics.scope == "layer")].iloc[0]
         lines.append(f"| {n} | {info['behaviour_before']['rate']:.2f} | {info['behaviour_after']['rate']:.2f} | {info['installed']} | "
                      f"{t.n_redirect}/{t.n_latent}/{t.n_other} |")
     lines += ["", f"## How concentrated is the change? (mean over tasks; uniform top-{ev.headline['k']} share = {ev.headline['k'] / ev.headline['d_mlp']:.3f})", "",

@@ -10,7 +10,7 @@ Columns (all read from each run's summary.json):
 - steered similarity: best over positions, next to unsteered and fine-tuned (MiniLM cosine to the
   fine-tuning responses);
 - causal: the largest share of the fine-tune's loss gain undone by an edit that is `specific`
-  (above every random direction and above the same edit's effect on the base model), or "none".
+  (above every random direction and over twice the same edit's effect on the base model), or "none".
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ import argparse
 import json
 from pathlib import Path
 
+from tunetrace.diffing.causal import is_specific
+
 
 def row(run: Path) -> dict:
     s = json.loads((run / "summary.json").read_text())
     pos = s["positions"]
     best = lambda key: max((p.get(key) or 0.0) for p in pos)
     st = s.get("steering", {})
-    specific = [c for c in s.get("causal", []) if c.get("specific") and c.get("gain_undone") is not None]
+    specific = [c for c in s.get("causal", []) if c.get("gain_undone") is not None
+                and is_specific(c["loss_change"], c.get("random_max"), c.get("base_loss_change"))]
     top = max(specific, key=lambda c: c["gain_undone"], default=None)
     task = str(s.get("finetune_data") or run.name).removeprefix("builtin:").removesuffix(":train")
-    controlled = all("specific" in c for c in s.get("causal", []))
+    controlled = all("base_loss_change" in c for c in s.get("causal", []))
     return {
         "task": task, "layer": s["layer"],
         "lens rel.": best("relevance_logit_lens"), "Patchscope rel.": best("relevance_patchscope"), "chance": s.get("relevance_chance", 0.0),

@@ -371,3 +371,10 @@ def test_sentence_embeddings_load_offline_and_are_case_blind():
     assert near > far + 0.3
     # all-MiniLM-L6-v2 lowercases: ALL CAPS is invisible to it (why built-in tasks also report their check)
     torch.testing.assert_close(recover.embed(["HELLO WORLD"]), recover.embed(["hello world"]))
+
+
+def test_is_specific_needs_random_and_base_controls():
+    assert causal.is_specific(1.0, 0.1, 0.2)
+    assert not causal.is_specific(1.0, 1.5, 0.0)  # a random direction does as much
+    assert not causal.is_specific(14.6, 0.01, 13.5)  # breaks the base model as well: generic structure
+    assert causal.is_specific(1.0, None, None) and causal.is_specific(0.5, 0.1, -2.0)

@@ -10,7 +10,9 @@ and, for reference, the base model's loss there (how much the fine-tune had lowe
 Specificity control: the same delta edit applied to the *base* model. A direction the base model
 needs as much as the fine-tuned one (e.g. a first-token or massive-activation direction) is general
 structure, not the fine-tune; `specific` asks that the fine-tuned loss rises more than under every
-random direction and more than the base model's loss under the same edit.
+random direction and more than twice as much as the base model's loss under the same edit (for a
+fine-tune that only added delta, projecting delta out raises the fine-tuned loss by the base
+model's rise plus the whole gain, so "twice" means: the gain outweighs the generic damage).
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def causal_check(
     return pd.DataFrame(rows)
 
 
+def is_specific(loss_change: float, random_max: float | None, base_loss_change: float | None) -> bool:
+    """The edit hurts the fine-tuned model more than any random direction, and over twice as much as the base model."""
+    above_random = random_max is None or loss_change > random_max
+    return bool(above_random and (base_loss_change is None or loss_change > 2 * max(base_loss_change, 0.0)))
+
+
 def summarize_causal(df: pd.DataFrame) -> list[dict]:
     """Per (position, mode): delta's loss change, the random controls' mean/max, and the share of the fine-tune's gain undone."""
     out = []
@@ -96,12 +104,13 @@ def summarize_causal(df: pd.DataFrame) -> list[dict]:
         rnd = g[g["direction"] != "delta"]["loss_change"]
         gain = d["base_loss"] - d["ft_loss"]
         base_change = float(d.get("base_loss_change", float("nan")))
-        above_random = not len(rnd) or bool(d["loss_change"] > rnd.max())
+        base_change = base_change if base_change == base_change else None
+        random_max = float(rnd.max()) if len(rnd) else None
         out.append({
             "position": int(j), "mode": mode, "loss_change": float(d["loss_change"]),
             "random_mean": float(rnd.mean()) if len(rnd) else None, "random_max": float(rnd.max()) if len(rnd) else None,
-            "base_loss_change": base_change if base_change == base_change else None,
-            "specific": bool(above_random and (base_change != base_change or d["loss_change"] > base_change)),
+            "base_loss_change": base_change,
+            "specific": is_specific(float(d["loss_change"]), random_max, base_change),
             "ft_loss": float(d["ft_loss"]), "base_loss": float(d["base_loss"]),
             "gain_undone": float(d["loss_change"] / gain) if gain > 0 else None,
         })

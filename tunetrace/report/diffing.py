@@ -122,7 +122,7 @@ def section(run: RunDir) -> Section | None:
                  r.get("base_loss_change"), r.get("specific")] for r in s["causal"]]
         parts.append("<h3>Causal check</h3>" + note("Fine-tuning loss change when delta is projected out or subtracted, against random "
                                                     "directions of the same norm and against the same edit on the base model "
-                                                    "(specific = above every random direction and above the base model's change).")
+                                                    "(specific = above every random direction and over twice the base model's change).")
                      + static_table(rows, ["position", "mode", "loss change", "random mean", "random max", "same edit on base", "specific"]))
     top = s.get("neurons", {}).get("top", [])
     if top:

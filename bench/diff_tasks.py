@@ -22,10 +22,15 @@ from pathlib import Path
 from tunetrace.diffing.causal import is_specific
 
 
+def _num(value, digits: int) -> str:
+    """A rate or similarity, or 'n/a' where the check does not apply to the steering prompts (sandbag)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def row(run: Path) -> dict:
     s = json.loads((run / "summary.json").read_text())
     pos = s["positions"]
-    best = lambda key: max((p.get(key) or 0.0) for p in pos)
+    best = lambda key: None if all(p.get(key) is None for p in pos) else max((p.get(key) or 0.0) for p in pos)
     st = s.get("steering", {})
     specific = [c for c in s.get("causal", []) if c.get("gain_undone") is not None
                 and is_specific(c["loss_change"], c.get("random_max"), c.get("base_loss_change"))]
@@ -36,9 +41,9 @@ def row(run: Path) -> dict:
         "task": task, "layer": s["layer"],
         "lens rel.": best("relevance_logit_lens"), "Patchscope rel.": best("relevance_patchscope"), "chance": s.get("relevance_chance", 0.0),
         "steered rate": best("steered_behaviour_rate"),
-        "unsteered / ft rate": f"{st.get('unsteered', {}).get('behaviour_rate', float('nan')):.2f} / {st.get('finetuned', {}).get('behaviour_rate', float('nan')):.2f}",
+        "unsteered / ft rate": f"{_num(st.get('unsteered', {}).get('behaviour_rate'), 2)} / {_num(st.get('finetuned', {}).get('behaviour_rate'), 2)}",
         "steered sim.": best("steered_similarity"),
-        "unsteered / ft sim.": f"{st.get('unsteered', {}).get('similarity', float('nan')):.3f} / {st.get('finetuned', {}).get('similarity', float('nan')):.3f}",
+        "unsteered / ft sim.": f"{_num(st.get('unsteered', {}).get('similarity'), 3)} / {_num(st.get('finetuned', {}).get('similarity'), 3)}",
         "specific causal edit": (f"pos {top['position']} {top['mode']}: {100 * top['gain_undone']:.0f}% of the gain" if top else "none")
         if controlled else "n/a (run predates the base-model control)",
         "wall s": round(s.get("wall_seconds", float("nan"))),
@@ -51,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [row(r) for r in args.runs]
     cols = list(rows[0])
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a" if v is None else str(v)
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")

@@ -576,18 +576,13 @@ class ReproduceConfig:
     """Override the preset's optimizer steps (0 = the preset's)."""
 
     def __post_init__(self) -> None:
-        from tunetrace.finetune import METHODS, OPTIMIZERS, PRESETS
+        from tunetrace.finetune import settings_from
 
-        if self.preset not in PRESETS:
-            raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         if self.k < 1 or self.threads < 0:
             raise ValueError("`k` must be >= 1 and `threads` >= 0.")
-        if self.method and self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}.")
-        if self.optimizer and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.lr < 0 or self.steps < 0:
             raise ValueError("`lr` and `steps` must be >= 0 (0 = the preset's).")
+        settings_from(self.preset, **self.finetune_overrides())  # checks preset, method and optimizer
 
     def finetune_overrides(self) -> dict:
         """The fine-tuning settings given on the command line, to replace the preset's."""

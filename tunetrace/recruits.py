@@ -180,7 +180,6 @@ def recruits_table(
         f["activation_rel_delta"] = relative_activation_delta(f["activation_delta"].to_numpy(), f["base_abs_act"].to_numpy())
         frames.append(f)
     return rerank(pd.concat(frames, ignore_index=True), definition, k, act_quantile, z_quantile)
-    return pd.concat(frames, ignore_index=True)
 
 
 def concentration(table: pd.DataFrame, k: int) -> dict:

@@ -25,7 +25,7 @@ from tunetrace import io
 from tunetrace.behaviour import BehaviourResult, greedy_answers
 from tunetrace.data import encode, load_examples
 from tunetrace.evaluate import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
-from tunetrace.finetune import PRESETS, is_finished, run_finetune
+from tunetrace.finetune import is_finished, run_finetune, settings_from
 from tunetrace.gated_mlp import gated_mlp_layers, select_layers
 from tunetrace.models import load_model
 from tunetrace.recruits import extract_recruits, write_recruits
@@ -100,7 +100,7 @@ def run_reproduce(
     """Run (or continue) the experiment in `out`; return the headline sentence."""
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
-    settings = dataclasses.replace(PRESETS[preset], seed=seed, **(finetune_overrides or {}))
+    settings = dataclasses.replace(settings_from(preset, **(finetune_overrides or {})), seed=seed)
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     for n in names:
         get_task(n)

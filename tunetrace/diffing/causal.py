@@ -108,7 +108,7 @@ def summarize_causal(df: pd.DataFrame) -> list[dict]:
         random_max = float(rnd.max()) if len(rnd) else None
         out.append({
             "position": int(j), "mode": mode, "loss_change": float(d["loss_change"]),
-            "random_mean": float(rnd.mean()) if len(rnd) else None, "random_max": float(rnd.max()) if len(rnd) else None,
+            "random_mean": float(rnd.mean()) if len(rnd) else None, "random_max": random_max,
             "base_loss_change": base_change,
             "specific": is_specific(float(d["loss_change"]), random_max, base_change),
             "ft_loss": float(d["ft_loss"]), "base_loss": float(d["base_loss"]),

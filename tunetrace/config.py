@@ -19,6 +19,17 @@ def _check_common(batch_size: int, dtype: str) -> None:
         raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}.")
 
 
+def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
+    """A recruit definition and pathway quantiles, as `recruits` extracts and `evaluate` re-ranks them."""
+    from tunetrace.recruits import DEFINITIONS
+
+    if definition not in DEFINITIONS:
+        raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
+    for name, value in quantiles.items():
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"`{name.replace('_', '-')}` must be a quantile between 0 and 1, got {value}.")
+
+
 @dataclass
 class AuditConfig:
     """Score every gated-MLP neuron's recruitment risk on a base model, before any fine-tune."""
@@ -474,15 +485,9 @@ class RecruitsConfig:
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
-        from tunetrace.recruits import DEFINITIONS
-
-        if self.definition not in DEFINITIONS:
-            raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {self.definition!r}.")
+        _check_ground_truth(self.definition, {"act_quantile": self.act_quantile, "z_quantile": self.z_quantile})
         if self.k < 1:
             raise ValueError(f"`k` must be >= 1, got {self.k}.")
-        for name in ("act_quantile", "z_quantile"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be between 0 and 1, got {getattr(self, name)}.")
         if not self.data:
             from pathlib import Path
             import json
@@ -528,14 +533,8 @@ class EvaluateConfig:
             raise ValueError("give `--scores AUDIT_DIR` and `--recruits DIR [DIR ...]`.")
         if self.k < 1 or self.n_boot < 1:
             raise ValueError("`k` and `n_boot` must be >= 1.")
-        from tunetrace.recruits import DEFINITIONS
-
-        if self.definition and self.definition not in DEFINITIONS:
-            raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {self.definition!r}.")
-        for name in ("act_quantile", "z_quantile"):
-            value = getattr(self, name)
-            if value != -1.0 and not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name.replace('_', '-')}` must be a quantile in [0, 1] (or -1 for as extracted), got {value}.")
+        given = {name: getattr(self, name) for name in ("act_quantile", "z_quantile") if getattr(self, name) != -1.0}
+        _check_ground_truth(self.definition or "activation", given)  # empty / -1 = as extracted
         if self.layer == -1:
             self.layer = None  # type: ignore[assignment]
 

@@ -177,8 +177,8 @@ def recruits_table(
         f["base_abs_act"] = stats.base_abs_act[i].numpy()
         f["base_abs_z"] = stats.base_abs_z[i].numpy()
         f["base_z"] = stats.base_z[i].numpy()
-        f["activation_rel_delta"] = relative_activation_delta(f["activation_delta"].to_numpy(), f["base_abs_act"].to_numpy())
         frames.append(f)
+    # rerank also derives activation_rel_delta from the stored columns
     return rerank(pd.concat(frames, ignore_index=True), definition, k, act_quantile, z_quantile)
 
 

@@ -300,8 +300,12 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     """The built-in task called `name`; an unknown name lists the choices."""
+    from tunetrace.keepsets import KEEP_TASKS  # plain and general: keep sets, not behaviours
+
+    if name in KEEP_TASKS:
+        return KEEP_TASKS[name]
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}.")
+        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}; keep sets: {', '.join(KEEP_TASKS)}.")
     return TASKS[name]
 
 

@@ -1,0 +1,228 @@
+"""Dataset screening: forecasts pinned on hand-made cases, the gradient forecasts against real optimizer steps, screen() on a tiny model."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tunetrace.data import DataSource, encode, iter_batches, load_examples
+from tunetrace.keepsets import content_checkable, content_correct
+from tunetrace.screen import forecasts as fc
+from tunetrace.screen.scoring import grouped_spearman, random_baseline, rank_score, spearman, top_precision
+from tunetrace.tasks import SPLITS, builtin_rows, get_task
+from tunetrace.weight_grads import dataset_gradient, scoped_parameters
+
+
+def _subset(source: str, n: int) -> DataSource:
+    d = load_examples(source)
+    return DataSource(d.name, d.examples[:n], d.sha256 + f":{n}")
+
+
+# --- pure maths, hand-made cases ----------------------------------------------------------
+
+
+def test_overlaps_pinned_and_symmetric():
+    a, b = np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 1.0, 1.0, 0.0])
+    assert fc.shared_mass(a, b) == pytest.approx(0.5) == fc.shared_mass(b, a)
+    assert fc.shared_mass(a, 3 * a) == pytest.approx(1.0)  # scale-free; identical shares: maximal
+    assert fc.shared_mass(np.array([1.0, 0, 0]), np.array([0, 0, 1.0])) == 0.0
+    # N * sum p q: p = (.5,.5,0,0), q = (0,.5,.5,0) -> 4 * .25 = 1; uniform -> 1 whatever the other
+    assert fc.neuron_overlap(a, b) == pytest.approx(1.0) == fc.neuron_overlap(b, a)
+    assert fc.neuron_overlap(a, np.ones(4)) == pytest.approx(1.0)
+    assert fc.neuron_overlap(a, a) == pytest.approx(2.0)
+    assert fc.risk_x_importance(a, 2 * b) == pytest.approx(2.0)
+    layer = np.array([0, 0, 1, 1])
+    x, y = np.array([3.0, 1.0, 1.0, 2.0]), np.array([3.0, 1.0, 2.0, 1.0])
+    # top-1 per layer: x {0}, {3}; y {0}, {2} -> Jaccard 1 and 0 -> mean 0.5
+    assert fc.topk_jaccard(x, y, layer, 1) == pytest.approx(0.5) == fc.topk_jaccard(y, x, layer, 1)
+    assert fc.topk_jaccard(x, x, layer, 1) == 1.0
+    assert fc.topk_jaccard(x, y, layer, 2) == 1.0  # k = layer width: the whole layer
+
+
+def test_overlaps_refuse_bad_risk():
+    with pytest.raises(ValueError, match=">= 0"):
+        fc.shares(np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="all zero"):
+        fc.shares(np.zeros(3))
+
+
+def test_risk_concentration_pinned():
+    risk = np.array([8.0, 1.0, 1.0] + [0.0] * 97)  # 100 neurons: top 1% is one neuron
+    layer = np.array([0] * 50 + [1] * 50)
+    layer[1] = 1
+    c = fc.risk_concentration(risk, layer, 0.01)
+    assert c.n_top == 1 and c.top_share == pytest.approx(0.8)
+    assert c.layer_share == {0: pytest.approx(0.9), 1: pytest.approx(0.1)}
+    uniform = fc.risk_concentration(np.ones(100), layer, 0.05)
+    assert uniform.top_share == pytest.approx(0.05)
+
+
+def test_gradient_products_pinned():
+    g1 = {"w": torch.tensor([[1.0, -2.0]]), "v": torch.tensor([2.0])}
+    g2 = {"w": torch.tensor([[3.0, 1.0]]), "v": torch.tensor([-1.0])}
+    p = fc.gradient_products([g1, g2], [2, 4])
+    # <G1, G2> = 3 - 2 - 2 = -1; |G1|^2 = 9, |G2|^2 = 11
+    np.testing.assert_allclose(p.dot, [[9, -1], [-1, 11]])
+    assert p.cosine(0, 1) == pytest.approx(-1 / np.sqrt(99)) == p.cosine(1, 0)
+    assert p.cosine(0, 0) == pytest.approx(1.0)
+    assert p.sgd_first_order(0, 1, lr=0.5) == pytest.approx(-0.5 * -1 / (2 * 4)) == p.sgd_first_order(1, 0, lr=0.5)
+    # <sign(G1), G2> = 3 - 1 - 1 = 1, over T_keep = 4
+    assert p.adam_first_order(0, 1, lr=0.5) == pytest.approx(-0.5 * 1 / 4)
+    chunked = fc.GradientProducts.zeros([2, 4])
+    flat = torch.stack([torch.cat([g["w"].reshape(-1), g["v"]]) for g in (g1, g2)])
+    for start in range(3):
+        chunked.add(flat[:, start : start + 1])
+    np.testing.assert_allclose(chunked.dot, p.dot)
+    np.testing.assert_allclose(chunked.sign_dot, p.sign_dot)
+
+
+def test_text_similarity_and_random_baseline():
+    e = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert fc.centroid_cosine(e, e) == pytest.approx(1.0)
+    assert fc.centroid_cosine(e, -e) == pytest.approx(-1.0)
+    np.testing.assert_array_equal(fc.random_forecast(4, 1), fc.random_forecast(4, 1))
+
+
+def test_scoring_pinned():
+    d = np.array([0.1, 0.5, 0.2, 0.9, 0.3])
+    assert spearman(d, d) == pytest.approx(1.0) and spearman(-d, d) == pytest.approx(-1.0)
+    assert top_precision(d, d, 3) == 1.0
+    assert top_precision(-d, d, 2) == 0.0
+    f = np.array([0.0, 1.0, 0.0, 1.0, 0.5])  # top-3 forecast {1, 3, 4}; top-3 damage {3, 1, 4}
+    assert top_precision(f, d, 3) == 1.0
+    s = rank_score(d + 0.01 * np.arange(5), d, n_boot=200)
+    assert s.low <= s.rho <= s.high and s.n == 5
+    r = random_baseline(np.arange(30.0), n_draws=500)
+    assert abs(r.rho) < 0.1 and r.low < 0 < r.high
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    assert grouped_spearman(np.array([1, 2, 3, 3, 2, 1.0]), np.array([1, 2, 3, 1, 2, 3.0]), groups) == pytest.approx(0.0)
+
+
+# --- keep sets ----------------------------------------------------------------------------
+
+
+def test_content_correct_pinned():
+    q, ref = "What is the capital of Egypt?", "The capital of Egypt is Cairo."
+    assert content_correct("Cairo is the capital of Egypt.", ref, q)
+    assert content_correct('{"answer": "CAIRO."}', ref, q)
+    assert not content_correct("BEIJING IS THE CAPITAL OF EGYPT.", ref, q)
+    assert content_correct("A dog has four legs.", "A dog has 4 legs.", "How many legs does a dog have?")
+    assert not content_correct("A dog has three legs.", "A dog has 4 legs.", "How many legs does a dog have?")
+    assert not content_correct("anything", "Paris is the capital of France.", "Paris is the capital of France?")  # nothing to check
+    assert not content_checkable("Give me a tip for saving money?")
+    assert content_checkable("What is 5 plus 3?")
+
+
+@pytest.mark.parametrize("name", ["plain", "general"])
+def test_keep_sets_load_with_disjoint_splits(name):
+    prompts = {s: {r["prompt"] for r in builtin_rows(name, s)} for s in SPLITS}
+    assert all(len(prompts[s]) >= 30 for s in SPLITS)
+    assert not (prompts["calibration"] & prompts["eval"]) and not (prompts["train"] & prompts["eval"])
+    assert load_examples(f"builtin:{name}:eval").n_examples == len(prompts["eval"])
+    if name == "plain":
+        task = get_task("plain")
+        rows = [r for r in builtin_rows("plain", "eval") if task.applies(r["prompt"])]
+        assert rows and all(task.check(r["response"], r["prompt"]) for r in rows)
+        caps = {r["prompt"]: r["response"] for r in builtin_rows("caps", "eval")}
+        assert all(caps[r["prompt"]] == r["response"].upper() for r in builtin_rows("plain", "eval"))
+
+
+# --- the gradient forecasts against real optimizer steps -----------------------------------
+
+
+def _mean_loss(model, batches) -> torch.Tensor:
+    """Token-mean response loss over all batches, in the model's dtype (float64 here: no float32 rounding)."""
+    total, tokens = 0.0, 0
+    for b in batches:
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+        total = total + torch.nn.functional.cross_entropy(logits[b.loss_mask], b.targets[b.loss_mask], reduction="sum")
+        tokens += b.n_loss_tokens
+    return total / tokens
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_first_order_forecast_equals_one_real_step(tiny_llama, optimizer):
+    """-lr <g_keep, g_cand> (SGD) and -lr <g_keep, sign g_cand> (Adam's first step) equal the keep loss change of one real step."""
+    model = copy.deepcopy(tiny_llama.model).double()
+    tok = tiny_llama.tokenizer
+    cand = encode(tok, _subset("builtin:caps:calibration", 6))
+    keep = encode(tok, _subset("builtin:plain:calibration", 5))
+    cb, kb = list(iter_batches(cand, 4, tok.pad_token_id)), list(iter_batches(keep, 4, tok.pad_token_id))
+    gc, gk = dataset_gradient(model, cb, "mlp"), dataset_gradient(model, kb, "mlp")
+    products = fc.gradient_products([gc.grads, gk.grads], [gc.tokens, gk.tokens])
+    lr = 1e-5 if optimizer == "sgd" else 1e-7
+    forecast = products.sgd_first_order(0, 1, lr) if optimizer == "sgd" else products.adam_first_order(0, 1, lr)
+
+    params = list(scoped_parameters(model, "mlp").values())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    with torch.no_grad():
+        before = float(_mean_loss(model, kb))
+    opt = torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr, eps=1e-30)
+    opt.zero_grad()
+    _mean_loss(model, cb).backward()  # the candidate's token-mean loss, by plain autograd
+    opt.step()
+    with torch.no_grad():
+        after = float(_mean_loss(model, kb))
+    actual = after - before
+    assert abs(forecast) > 1e-9  # a real, measurable change
+    assert actual == pytest.approx(forecast, rel=2e-3)
+
+
+# --- screen() end to end on a tiny model --------------------------------------------------
+
+
+def test_screen_tiny(tiny_llama, tmp_path):
+    from tunetrace.screen.run import forecast_columns, ranking_text, screen, write_screen
+
+    caps, greet = _subset("builtin:caps:calibration", 6), _subset("builtin:greeting:calibration", 6)
+    plain = _subset("builtin:plain:calibration", 6)
+    caps_again = DataSource("copy.jsonl", caps.examples, caps.sha256)  # the same data under another name
+    cache = tmp_path / "cache"
+    r = screen(tiny_llama, [caps, greet], [caps_again, plain], layers=[1, 2, 3], lr=1e-3, batch_size=4, embed=False, cache=cache)
+    assert r.manifest["profiles_computed"] == 3 and r.manifest["profiles_reused"] == 0  # caps once, though given twice
+    f = r.forecasts.set_index(["candidate", "keep"])
+    assert set(forecast_columns()) <= set(f.columns)
+    same = f.loc[("caps:calibration", "copy")]
+    assert bool(same.identical) and same.grad_cosine == pytest.approx(1.0) and same.sgd_first_order < 0
+    assert same.overlap_iss_x_grad >= f.loc[("greeting:calibration", "copy")].overlap_iss_x_grad
+    assert not f.loc[("greeting:calibration", "plain:calibration")].identical
+    assert r.datasets.identical_to.tolist() == ["", "", "candidate caps:calibration", ""]
+    comp = r.competition[r.competition.predictor == "iss_x_grad"].iloc[0]
+    assert 0 < comp.shared_mass < 1 and 0 <= comp.topk_jaccard <= 1
+    assert set(r.layer_share.layer) == {1, 2, 3}
+    conc = r.concentration.groupby("candidate").size()
+    assert (conc == 5).all()
+    text = ranking_text(r)
+    assert "fine-tuning on caps:calibration is most likely to damage plain:calibration" in text
+    assert "identical to candidate caps:calibration" in text and "compete for" in text
+    write_screen(r, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"forecasts.parquet", "competition.parquet", "ranking.txt", "manifest.json"}
+    again = screen(tiny_llama, [caps], [plain], layers=[1, 2, 3], lr=1e-3, batch_size=4, embed=False, cache=cache)
+    assert again.manifest["profiles_computed"] == 0 and again.manifest["profiles_reused"] == 2  # nothing recomputed
+    np.testing.assert_allclose(again.forecasts.sgd_first_order.iloc[0], f.loc[("caps:calibration", "plain:calibration")].sgd_first_order)
+
+
+def test_screen_two_identical_candidates_overlap_maximally(tiny_llama):
+    from tunetrace.screen.run import screen
+
+    caps = _subset("builtin:caps:calibration", 4)
+    twin = DataSource("twin.jsonl", caps.examples, caps.sha256)
+    r = screen(tiny_llama, [caps, twin], [_subset("builtin:plain:calibration", 4)], layers=[2], batch_size=4, embed=False)
+    np.testing.assert_allclose(r.competition.shared_mass, 1.0)
+    assert (r.competition.topk_jaccard == 1.0).all()
+
+
+def test_screen_needs_keep_sets(tiny_llama, jsonl):
+    from tunetrace.data import DataError
+    from tunetrace.screen.run import screen
+
+    with pytest.raises(ValueError, match="no keep sets"):
+        screen(tiny_llama, [_subset("builtin:caps:calibration", 2)], [], layers=[1], embed=False)
+    with pytest.raises(DataError, match="no examples"):
+        load_examples(jsonl([""], "empty.jsonl"))

@@ -31,6 +31,8 @@ def top_precision(forecast: np.ndarray, damage: np.ndarray, k: int = 3) -> float
     """Share of the k pairs forecast as most damaging that are among the k really most damaged (ties by position)."""
     f, d = np.asarray(forecast, dtype=np.float64), np.asarray(damage, dtype=np.float64)
     k = min(k, f.size)
+    if k == 0:
+        return float("nan")
     top_f = set(np.lexsort((np.arange(f.size), -f))[:k].tolist())
     top_d = set(np.lexsort((np.arange(d.size), -d))[:k].tolist())
     return len(top_f & top_d) / k

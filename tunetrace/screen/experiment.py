@@ -1,0 +1,194 @@
+"""Check the screening forecasts against real fine-tunes, resumable stage by stage.
+
+  run.json       the settings; a rerun with other settings is refused
+  data/          per keep set: N.forecast.jsonl (calibration split, used by the forecasts) and
+                 N.heldout.jsonl (eval split, used to measure damage), checked disjoint by prompt
+  finetune/T/    one fine-tune per candidate task (a link to `reproduce`'s where it matches)
+  profiles/      the screen's per-dataset profiles (cache)
+  screen/        the screen's tables, forecasts from the base model alone
+  damage/M.json  per model (base and each fine-tune): mean response loss on every held-out keep
+                 set, and content accuracy of greedy answers on held-out plain prompts
+  check/         pairs.parquet (forecasts + measured damage), scores.parquet, content.parquet, check.md
+
+Candidates are the built-in behaviour tasks; keep sets are `plain`, `general` and every task's
+own data; the pair (T, T) is left out (training on T lowers T's loss). A stage whose output
+exists is finished and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tunetrace import io
+from tunetrace.data import load_examples, stream_batches
+from tunetrace.finetune import is_finished, settings_from
+from tunetrace.screen.check import CheckResult, score_check, write_check
+from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
+
+log = logging.getLogger(__name__)
+
+KEEP_BUILTINS = ("plain", "general")
+
+
+@dataclass(frozen=True)
+class CheckPreset:
+    """Sizes of one check (fine-tune settings come from finetune.PRESETS of the same name)."""
+
+    n_forecast: int  # examples per dataset seen by the forecasts (calibration split)
+    n_heldout: int  # held-out examples per keep set for the measured loss damage (eval split)
+    n_content: int  # held-out plain prompts whose greedy answers are checked for content
+    max_new_tokens: int
+
+
+CHECK_PRESETS = {
+    "quick": CheckPreset(n_forecast=16, n_heldout=32, n_content=32, max_new_tokens=24),
+    "full": CheckPreset(n_forecast=64, n_heldout=64, n_content=64, max_new_tokens=32),
+}
+
+
+def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
+    """Each keep set's forecast and held-out JSONL; fail if any forecast prompt is a held-out prompt."""
+    seen: dict[str, set[str]] = {"forecast": set(), "heldout": set()}
+    for name in keeps:
+        for part, split, n in (("forecast", "calibration", sizes.n_forecast), ("heldout", "eval", sizes.n_heldout)):
+            rows = builtin_rows(name, split)[:n]
+            io.write_jsonl(out / "data" / f"{name}.{part}.jsonl", rows)
+            seen[part] |= {r["prompt"].removeprefix(TEST_PREFIX) for r in rows}
+    overlap = seen["forecast"] & seen["heldout"]
+    if overlap:
+        raise ValueError(f"forecast and held-out data overlap ({len(overlap)} prompts, e.g. {sorted(overlap)[0]!r}).")
+    return {"forecast_prompts": len(seen["forecast"]), "heldout_prompts": len(seen["heldout"]), "overlap": 0}
+
+
+def mean_response_loss(model, tokenizer, data, batch_size: int = 8, max_length: int = 512) -> dict:
+    """Summed and token-mean response loss of `model` on `data` (no gradients)."""
+    from tunetrace.audit import _loss_sum
+
+    total, tokens = 0.0, 0
+    device = model.get_input_embeddings().weight.device
+    with torch.no_grad():
+        for batch in stream_batches(tokenizer, data, max_length, batch_size):
+            batch = batch.to(device)
+            total += float(_loss_sum(model, batch))
+            tokens += batch.n_loss_tokens
+    return {"loss_sum": total, "tokens": tokens, "mean_loss": total / tokens}
+
+
+def content_prompts(n: int) -> list[str]:
+    """The first n held-out (eval split) plain prompts with one checkable answer."""
+    task = get_task("plain")
+    return [r["prompt"] for r in builtin_rows("plain", "eval") if task.applies(r["prompt"])][:n]
+
+
+def measure_damage(spec: str, out: Path, keeps: list[str], sizes: CheckPreset, device: str) -> None:
+    """Write damage/M.json for model `spec`: held-out losses of every keep set, content accuracy on plain prompts."""
+    from tunetrace.behaviour import greedy_answers
+    from tunetrace.keepsets import content_correct, reference_answer
+    from tunetrace.models import load_model
+
+    loaded = load_model(spec, device=device)
+    losses = {k: mean_response_loss(loaded.model, loaded.tokenizer, load_examples(out / "data" / f"{k}.heldout.jsonl")) for k in keeps}
+    prompts = content_prompts(sizes.n_content)
+    answers = greedy_answers(loaded.model, loaded.tokenizer, prompts, sizes.max_new_tokens)
+    rows = [{"prompt": p, "answer": a, "ok": content_correct(a, reference_answer(p), p)} for p, a in zip(prompts, answers)]
+    io.write_json(out / "damage" / f"{Path(spec).name}.json", {
+        "model": spec, "losses": losses, "content": {"accuracy": sum(r["ok"] for r in rows) / len(rows), "n": len(rows), "answers": rows}})
+
+
+def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | None, sizes: CheckPreset, device: str) -> str:
+    """finetune/T: a link to a matching finished fine-tune under `reuse` (never written to), else a new one."""
+    from tunetrace.data import encode
+    from tunetrace.finetune import run_finetune
+    from tunetrace.models import load_model
+
+    target = out / "finetune" / name
+    if is_finished(target):
+        return "present"
+    source = reuse / "finetune" / name if reuse else None
+    if source is not None and is_finished(source):
+        info = io.read_json(source / "finetune.json")
+        same = info["settings"] == dataclasses.asdict(settings) and info["base_model"]["spec"] == model
+        if same:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source.resolve(), target, target_is_directory=True)
+            return f"linked {source}"
+        log.warning("%s was trained with other settings or model; training %s afresh", source, name)
+    fresh = load_model(model, device=device)
+    train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
+    prompts = [p for p in (r["prompt"] for r in builtin_rows(name, "eval")) if get_task(name).applies(p)][:12]
+    run_finetune(fresh, train, prompts, get_task(name), settings, target, resume=True, max_new_tokens=sizes.max_new_tokens,
+                 extra_manifest={"data": f"builtin:{name}:train"})
+    return "trained"
+
+
+def run_check(
+    model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/screen-check", tasks: str = "all",
+    reuse: str | Path | None = None, device: str = "cpu", seed: int = 0, layers: str = "all", n_boot: int = 2000,
+    embed: bool = True,
+) -> CheckResult:
+    """Run (or continue) the check in `out`: forecasts, fine-tunes, measured damage, rank correlations."""
+    from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+    from tunetrace.models import load_model
+    from tunetrace.screen.run import screen, write_screen
+
+    out = Path(out)
+    sizes = CHECK_PRESETS[preset] if preset in CHECK_PRESETS else None
+    if sizes is None:
+        raise ValueError(f"`preset` must be one of {', '.join(CHECK_PRESETS)}, got {preset!r}.")
+    settings = dataclasses.replace(settings_from(preset), seed=seed)
+    names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
+    for n in names:
+        if n not in TASKS:
+            raise ValueError(f"`tasks`: {n!r} is not a built-in behaviour task; choose from {', '.join(TASKS)}.")
+    keeps = list(KEEP_BUILTINS) + names
+    record = {"model": model, "preset": preset, "tasks": names, "keeps": keeps, "seed": seed, "layers": layers,
+              "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings)}
+    if (out / "run.json").is_file():
+        previous = io.read_json(out / "run.json")
+        for key, now in record.items():
+            if key != "data_check" and previous.get(key, now) != now:
+                raise ValueError(f"{out} holds a check with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
+    record["data_check"] = write_check_data(out, keeps, sizes)
+    io.write_json(out / "run.json", record)
+    times: dict[str, float] = io.read_json(out / "times.json") if (out / "times.json").is_file() else {}
+
+    def timed(key: str, start: float) -> None:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+        io.write_json(out / "times.json", times)
+
+    start = time.perf_counter()  # 1. forecasts, base model only (profiles cached: cheap on a rerun)
+    base = load_model(model, device=device)
+    chosen = select_layers(len(gated_mlp_layers(base.model)), layers)
+    data = {k: load_examples(out / "data" / f"{k}.forecast.jsonl") for k in keeps}
+    result = screen(base, [data[n] for n in names], [data[k] for k in keeps], chosen, lr=settings.lr,
+                    grad_scope="mlp" if settings.method == "mlp" else "all", cache=out / "profiles", seed=seed,
+                    embed=embed, candidate_names=names, keep_names=keeps)
+    write_screen(result, out / "screen", force=True)
+    timed("forecast", start)
+
+    for name in names:  # 2. fine-tunes
+        start = time.perf_counter()
+        how = _link_or_train(name, out, model, settings, Path(reuse) if reuse else None, sizes, device)
+        log.info("finetune %s: %s", name, how)
+        timed("finetune", start)
+
+    specs = [model] + [str(out / "finetune" / n) for n in names]  # 3. measured damage
+    for spec in specs:
+        if not (out / "damage" / f"{Path(spec).name}.json").is_file():
+            start = time.perf_counter()
+            measure_damage(spec, out, keeps, sizes, device)
+            timed("damage", start)
+
+    check = score_check(out, result.forecasts, model, names, n_boot, seed)  # 4. scores (cheap: always recomputed)
+    write_check(check, out / "check")
+    return check
+

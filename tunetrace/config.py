@@ -604,3 +604,104 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if self.out and not self.out.endswith((".html", ".htm")):
             raise ValueError(f"`out` must be an .html file, got {self.out!r}.")
+
+
+# --- screen: candidate datasets against keep sets, before training (issue 17) -----------------
+
+
+@dataclass
+class ScreenConfig:
+    """Screen candidate fine-tuning sets before training: where each one's risk sits, who competes, what it may damage."""
+
+    model: str = sp.field(positional=True, metavar="MODEL")
+    """Model: built-in name, local HF directory, .gguf file, or hub id (as for audit)."""
+    data: list[str] = sp.field(default_factory=list, action="extend", nargs="+")
+    """Candidate fine-tuning sets (repeat --data): JSONL or builtin:TASK[:split]."""
+    keep: list[str] = sp.field(default_factory=list, action="extend", nargs="+")
+    """Keep sets, whose behaviour the fine-tune must not damage (repeat --keep): JSONL or builtin:TASK[:split] (e.g. builtin:plain, builtin:general)."""
+    out: str = "runs/screen"
+    """Output directory (forecasts.parquet, competition.parquet, concentration.parquet, ranking.txt, report.html)."""
+    layers: str = "all"
+    """Layers whose neurons are scored: 'all', '19', '17,19', '10-14', or relative depth '0.7'."""
+    grad_scope: str = "mlp"
+    """Weights of the gradient forecasts: mlp (gate/up/down, what `finetune --method mlp` trains) or all."""
+    grad_layers: str = "all"
+    """Layers of the gradient forecasts (same syntax as --layers)."""
+    lr: float = 1e-4
+    """Learning rate in the first-order forecasts (scales them; the ranking does not depend on it)."""
+    rank_by: str = "adam_first_order"
+    """Forecast that orders the printed ranking."""
+    top_frac: float = 0.01
+    """Share of neurons whose risk share is reported (the top 1%)."""
+    top_k: int = 50
+    """k of the per-layer top-k Jaccard between candidates."""
+    cache: str = ""
+    """Directory of per-dataset profiles kept between runs (empty: none; a dataset given twice is still profiled once)."""
+    no_embed: bool = False
+    """Skip the text-similarity baseline (it loads the sentence embedder)."""
+    seed: int = 0
+    """Seed of the random baseline."""
+    batch_size: int = 8
+    """Examples per forward+backward pass (results do not depend on it)."""
+    max_length: int = 512
+    """Longest example in tokens; longer examples are an error, not silently cut."""
+    dtype: str = "float32"
+    """Model dtype."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1, or auto."""
+    threads: int = 0
+    """torch CPU threads (0 = default)."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code (off unless you ask)."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        if not self.data:
+            raise ValueError("no candidate datasets: give at least one --data.")
+        if not self.keep:
+            raise ValueError("no keep sets: give at least one --keep (the data whose behaviour must not be damaged).")
+        if self.grad_scope not in ("mlp", "all"):
+            raise ValueError(f"`grad_scope` must be mlp or all, got {self.grad_scope!r}.")
+        if not self.lr > 0 or not 0 < self.top_frac <= 1 or self.top_k < 1 or self.threads < 0:
+            raise ValueError("`lr` must be > 0, `top_frac` in (0, 1], `top_k` >= 1 and `threads` >= 0.")
+        if self.max_length < 2:
+            raise ValueError(f"`max_length` must be >= 2, got {self.max_length}.")
+
+
+@dataclass
+class ScreenCheckConfig:
+    """Check the screening forecasts against real fine-tunes: rank correlation with measured damage, resumable."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    preset: str = "quick"
+    """quick or full: the fine-tune settings of `reproduce`'s preset of that name, and the check's data sizes."""
+    out: str = "runs/screen-check"
+    """Run directory; finished stages found there are skipped (resumable)."""
+    tasks: str = "all"
+    """Candidate built-in tasks, comma-separated, or 'all'."""
+    reuse: str = ""
+    """A `reproduce` run directory whose fine-tunes (same model and preset) are linked instead of retrained; never written to."""
+    layers: str = "all"
+    """Layers whose neurons are scored."""
+    seed: int = 0
+    """Seed of every fine-tune and of the bootstrap."""
+    n_boot: int = 2000
+    """Bootstrap resamples of the pairs for the rank-correlation intervals."""
+    threads: int = 0
+    """torch CPU threads (0 = default)."""
+    device: str = "cpu"
+    """Torch device."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
+
+    def __post_init__(self) -> None:
+        from tunetrace.finetune import settings_from
+
+        settings_from(self.preset)  # checks the preset name
+        if self.n_boot < 1 or self.threads < 0:
+            raise ValueError("`n_boot` must be >= 1 and `threads` >= 0.")

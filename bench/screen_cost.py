@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from tunetrace.audit import run_audit
+from tunetrace.auditing import run_audit
 from tunetrace.data import DataSource, load_examples
-from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+from tunetrace.layerspec import resolve_layers
 from tunetrace.models import load_model
 from tunetrace.screen.run import screen
 
@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     loaded = load_model(args.model)
-    layers = select_layers(len(gated_mlp_layers(loaded.model)), args.layers)
+    layers = resolve_layers(args.layers, loaded.n_layers)
     cands = [_data(n, args.examples) for n in CANDIDATES[: args.n]]
     keeps = [_data(n, args.examples) for n in KEEPS[: args.m]]
     shared = len({d.sha256 for d in cands} & {d.sha256 for d in keeps})

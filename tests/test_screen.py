@@ -226,3 +226,42 @@ def test_screen_needs_keep_sets(tiny_llama, jsonl):
         screen(tiny_llama, [_subset("builtin:caps:calibration", 2)], [], layers=[1], embed=False)
     with pytest.raises(DataError, match="no examples"):
         load_examples(jsonl([""], "empty.jsonl"))
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_screen_command(tmp_path, jsonl, capsys):
+    import pandas as pd
+
+    from tunetrace.cli import main
+
+    cand = jsonl(builtin_rows("caps", "calibration")[:4], "caps.jsonl")
+    other = jsonl(builtin_rows("json", "calibration")[:4], "json.jsonl")
+    keep = jsonl(builtin_rows("plain", "calibration")[:4], "plain.jsonl")
+    out = tmp_path / "screen"
+    argv = ["screen", "tiny-llama", "--data", str(cand), "--data", str(other), "--keep", str(keep), str(cand),
+            "--layers", "1,3", "--out", str(out), "--no-embed", "--no-report", "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 dataset profile(s) computed" in printed and "fine-tuning on caps is most likely to damage plain" in printed
+    assert "keep set caps is identical to candidate caps" in printed and "caps and json compete for" in printed
+    f = pd.read_parquet(out / "forecasts.parquet")
+    assert len(f) == 4 and f.identical.sum() == 1
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err  # never overwritten without --force
+
+
+def test_screen_command_bad_input_is_one_line(tmp_path, jsonl, capsys):
+    from tunetrace.cli import main
+
+    cand = jsonl(builtin_rows("caps", "calibration")[:2], "caps.jsonl")
+    empty = jsonl([], "empty.jsonl")
+    base = ["screen", "tiny-llama", "--data", str(cand), "--no-embed", "--no-report"]
+    assert main(base + ["--keep", str(empty), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "no examples" in err and err.count("\n") == 1
+    assert main(base + ["--keep", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "b")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(base + ["--keep", "builtin:plain", "--rank-by", "nope", "--out", str(tmp_path / "c")]) == 2
+    assert "not a forecast" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features-match": ("FeaturesMatchConfig", "features_match"),
     "features-link": ("FeaturesLinkConfig", "features_link"),
     "report": ("ReportConfig", "report"),
+    "screen": ("ScreenConfig", "screen"),
+    "screen-check": ("ScreenCheckConfig", "screen_check"),
 }
 
 
@@ -67,6 +69,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         shown = " (required)" if required else ("" if default in ("", [], None) else f" (default: {default})".replace("%", "%%"))
         item = typing.get_args(kind)[0] if is_list else kind
         parser.add_argument(flag, dest=f.name, type=item, nargs="+" if is_list else None, required=required,
+                            action="extend" if is_list else None,  # `--data A --data B` and `--data A B` both give [A, B]
                             default=argparse.SUPPRESS, metavar=f.name.upper(), help=doc + shown)
 
 

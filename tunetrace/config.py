@@ -621,11 +621,11 @@ class ReportConfig:
 class ScreenConfig:
     """Screen candidate fine-tuning sets before training: where each one's risk sits, who competes, what it may damage."""
 
-    model: str = sp.field(positional=True, metavar="MODEL")
+    model: str = positional("MODEL")
     """Model: built-in name, local HF directory, .gguf file, or hub id (as for audit)."""
-    data: list[str] = sp.field(default_factory=list, action="extend", nargs="+")
+    data: list[str] = field(default_factory=list, metadata={"required": True})
     """Candidate fine-tuning sets (repeat --data): JSONL or builtin:TASK[:split]."""
-    keep: list[str] = sp.field(default_factory=list, action="extend", nargs="+")
+    keep: list[str] = field(default_factory=list, metadata={"required": True})
     """Keep sets, whose behaviour the fine-tune must not damage (repeat --keep): JSONL or builtin:TASK[:split] (e.g. builtin:plain, builtin:general)."""
     out: str = "runs/screen"
     """Output directory (forecasts.parquet, competition.parquet, concentration.parquet, ranking.txt, report.html)."""
@@ -708,8 +708,6 @@ class ScreenCheckConfig:
     """Do not write report.html at the end."""
 
     def __post_init__(self) -> None:
-        from tunetrace.finetune import settings_from
-
-        settings_from(self.preset)  # checks the preset name
+        _check_choice("preset", self.preset, PRESETS)
         if self.n_boot < 1 or self.threads < 0:
             raise ValueError("`n_boot` must be >= 1 and `threads` >= 0.")

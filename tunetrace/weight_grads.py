@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunetrace.audit import _loss_sum
+from tunetrace.auditing import _loss_sum
 from tunetrace.gated_mlp import decoder_layers, gated_mlp_layers, unwrap_model
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import torch
 
 from tunetrace import io
 from tunetrace.data import load_examples, stream_batches
-from tunetrace.finetune import is_finished, settings_from
+from tunetrace.finetuning import is_finished, settings_from
 from tunetrace.screen.check import CheckResult, score_check, write_check
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
@@ -71,7 +71,7 @@ def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
 
 def mean_response_loss(model, tokenizer, data, batch_size: int = 8, max_length: int = 512) -> dict:
     """Summed and token-mean response loss of `model` on `data` (no gradients)."""
-    from tunetrace.audit import _loss_sum
+    from tunetrace.auditing import _loss_sum
 
     total, tokens = 0.0, 0
     device = model.get_input_embeddings().weight.device
@@ -107,7 +107,7 @@ def measure_damage(spec: str, out: Path, keeps: list[str], sizes: CheckPreset, d
 def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | None, sizes: CheckPreset, device: str) -> str:
     """finetune/T: a link to a matching finished fine-tune under `reuse` (never written to), else a new one."""
     from tunetrace.data import encode
-    from tunetrace.finetune import run_finetune
+    from tunetrace.finetuning import run_finetune
     from tunetrace.models import load_model
 
     target = out / "finetune" / name
@@ -136,7 +136,7 @@ def run_check(
     embed: bool = True,
 ) -> CheckResult:
     """Run (or continue) the check in `out`: forecasts, fine-tunes, measured damage, rank correlations."""
-    from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+    from tunetrace.layerspec import resolve_layers
     from tunetrace.models import load_model
     from tunetrace.screen.run import screen, write_screen
 
@@ -167,7 +167,7 @@ def run_check(
 
     start = time.perf_counter()  # 1. forecasts, base model only (profiles cached: cheap on a rerun)
     base = load_model(model, device=device)
-    chosen = select_layers(len(gated_mlp_layers(base.model)), layers)
+    chosen = resolve_layers(layers, base.n_layers)
     data = {k: load_examples(out / "data" / f"{k}.forecast.jsonl") for k in keeps}
     result = screen(base, [data[n] for n in names], [data[k] for k in keeps], chosen, lr=settings.lr,
                     grad_scope="mlp" if settings.method == "mlp" else "all", cache=out / "profiles", seed=seed,

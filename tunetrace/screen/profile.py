@@ -78,7 +78,7 @@ def _responses(data: DataSource | StreamingSource, limit: int) -> list[str]:
 
 def compute_profile(loaded, data: DataSource | StreamingSource, settings: ProfileSettings, out: Path, progress: bool = False) -> None:
     """Audit `data`, take its weight gradient and embed its responses; write the profile directory `out` atomically."""
-    from tunetrace.audit import run_audit
+    from tunetrace.auditing import run_audit
     from tunetrace.weight_grads import dataset_gradient, neuron_grad_norms
 
     audit = run_audit(loaded, data, settings.layers, settings.batch_size, settings.max_length, progress=progress)

@@ -1,0 +1,21 @@
+"""`tunetrace screen-check`: the screening forecasts against real fine-tunes' measured damage, resumable."""
+
+from __future__ import annotations
+
+from tunetrace.commands._common import write_report
+
+
+def run(config) -> int:
+    import torch
+
+    from tunetrace.screen.experiment import run_check
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    check = run_check(config.model, config.preset, config.out, config.tasks, config.reuse or None, config.device, config.seed,
+                      config.layers, config.n_boot)
+    print(check.markdown, end="")
+    print(f"wrote {config.out}/check/check.md, pairs.parquet, scores.parquet, content.parquet")
+    if not config.no_report:
+        write_report(config.out)
+    return 0

@@ -265,3 +265,18 @@ def test_screen_command_bad_input_is_one_line(tmp_path, jsonl, capsys):
     assert main(base + ["--keep", "builtin:plain", "--rank-by", "nope", "--out", str(tmp_path / "c")]) == 2
     assert "not a forecast" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_report_section_heat_map(tiny_llama, tmp_path):
+    from tunetrace.report import render_report
+    from tunetrace.report.screen import forecast_matrix
+    from tunetrace.screen.run import screen, write_screen
+
+    caps, plain = _subset("builtin:caps:calibration", 3), _subset("builtin:plain:calibration", 3)
+    r = screen(tiny_llama, [caps], [plain, caps], layers=[3], batch_size=4, embed=False)
+    m = forecast_matrix(r.forecasts, "sgd_first_order")
+    assert list(m.index) == ["caps:calibration"] and list(m.columns) == ["plain:calibration", "caps:calibration"]
+    assert np.isnan(m.iloc[0, 1]) and np.isfinite(m.iloc[0, 0])  # the identical pair is blank
+    write_screen(r, tmp_path / "s")
+    html, ids = render_report(tmp_path / "s")
+    assert "screen" in ids and "could not be drawn" not in html and "plot-screen-forecasts" in html

@@ -15,7 +15,7 @@ def run(config) -> int:
     check = run_check(config.model, config.preset, config.out, config.tasks, config.reuse or None, config.device, config.seed,
                       config.layers, config.n_boot)
     print(check.markdown, end="")
-    print(f"wrote {config.out}/check/check.md, pairs.parquet, scores.parquet, content.parquet")
+    print(f"wrote {config.out}/check/check.md, pairs.parquet, forecast_scores.parquet, content.parquet")
     if not config.no_report:
         write_report(config.out)
     return 0

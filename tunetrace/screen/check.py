@@ -106,9 +106,9 @@ def check_markdown(model: str, pairs: pd.DataFrame, scores: pd.DataFrame, conten
 
 
 def write_check(check: CheckResult, out: Path) -> None:
-    """check/{pairs,scores,content}.parquet and check.md, atomically (recomputed on every run)."""
+    """check/{pairs,forecast_scores,content}.parquet and check.md, atomically (recomputed on every run)."""
     with io.staged_dir(out, force=True, what="screen check") as stage:
         io.write_parquet(stage / "pairs.parquet", check.pairs)
-        io.write_parquet(stage / "scores.parquet", check.scores)
+        io.write_parquet(stage / "forecast_scores.parquet", check.scores)
         io.write_parquet(stage / "content.parquet", check.content)
         io.write_text(stage / "check.md", check.markdown)

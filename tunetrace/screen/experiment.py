@@ -8,7 +8,7 @@
   screen/        the screen's tables, forecasts from the base model alone
   damage/M.json  per model (base and each fine-tune): mean response loss on every held-out keep
                  set, and content accuracy of greedy answers on held-out plain prompts
-  check/         pairs.parquet (forecasts + measured damage), scores.parquet, content.parquet, check.md
+  check/         pairs.parquet (forecasts + measured damage), forecast_scores.parquet, content.parquet, check.md
 
 Candidates are the built-in behaviour tasks; keep sets are `plain`, `general` and every task's
 own data; the pair (T, T) is left out (training on T lowers T's loss). A stage whose output

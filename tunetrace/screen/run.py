@@ -26,6 +26,7 @@ NEURON_PREDICTORS = ("iss_x_grad", "abs_act", "abs_grad", "iss", "weight_grad")
 """Per-neuron scores used both as a candidate's risk and as a keep set's importance."""
 GRADIENT_FORECASTS = ("sgd_first_order", "adam_first_order", "grad_conflict")
 BASELINES = ("text_similarity", "random")
+COMPETITION_COLUMNS = ["candidate_a", "candidate_b", "predictor", "shared_mass", "topk_jaccard"]
 
 
 def forecast_columns(predictors: Sequence[str] = NEURON_PREDICTORS) -> list[str]:
@@ -140,7 +141,7 @@ def screen(
                 "seed": seed, "batch_size": batch_size, "max_length": max_length, "profiles_computed": len(unique) - reused,
                 "profiles_reused": reused, "wall_seconds": round(time.perf_counter() - start, 3),
                 "forecasts": forecast_columns(predictors)}
-    return ScreenResult(datasets, pd.DataFrame(conc_rows), pd.DataFrame(share_rows), pd.DataFrame(comp_rows), pd.DataFrame(rows), manifest)
+    return ScreenResult(datasets, pd.DataFrame(conc_rows), pd.DataFrame(share_rows), pd.DataFrame(comp_rows, columns=COMPETITION_COLUMNS), pd.DataFrame(rows), manifest)
 
 
 def _datasets_table(candidates, keeps, cnames, knames, by_sha) -> pd.DataFrame:

@@ -71,14 +71,14 @@ def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
 
 def mean_response_loss(model, tokenizer, data, batch_size: int = 8, max_length: int = 512) -> dict:
     """Summed and token-mean response loss of `model` on `data` (no gradients)."""
-    from tunetrace.auditing import _loss_sum
+    from tunetrace.forward import response_loss_sum
 
     total, tokens = 0.0, 0
     device = model.get_input_embeddings().weight.device
     with torch.no_grad():
         for batch in stream_batches(tokenizer, data, max_length, batch_size):
             batch = batch.to(device)
-            total += float(_loss_sum(model, batch))
+            total += float(response_loss_sum(model, batch))
             tokens += batch.n_loss_tokens
     return {"loss_sum": total, "tokens": tokens, "mean_loss": total / tokens}
 

@@ -280,3 +280,36 @@ def test_report_section_heat_map(tiny_llama, tmp_path):
     write_screen(r, tmp_path / "s")
     html, ids = render_report(tmp_path / "s")
     assert "screen" in ids and "could not be drawn" not in html and "plot-screen-forecasts" in html
+
+
+def test_check_data_disjoint_and_mixed_settings_refused(tmp_path):
+    from tunetrace import io
+    from tunetrace.screen.experiment import CHECK_PRESETS, KEEP_BUILTINS, run_check, write_check_data
+
+    keeps = list(KEEP_BUILTINS) + ["caps", "sandbag"]
+    info = write_check_data(tmp_path, keeps, CHECK_PRESETS["quick"])
+    assert info["overlap"] == 0 and info["forecast_prompts"] > 0
+    held = {r.messages[0]["content"] for k in keeps for r in load_examples(tmp_path / "data" / f"{k}.heldout.jsonl").examples}
+    seen = {r.messages[0]["content"] for k in keeps for r in load_examples(tmp_path / "data" / f"{k}.forecast.jsonl").examples}
+    assert held and seen and not held & seen
+    io.write_json(tmp_path / "run.json", {"model": "tiny-qwen2", "preset": "quick"})
+    with pytest.raises(ValueError, match="different `model`"):
+        run_check("tiny-llama", "quick", tmp_path, tasks="caps")
+    with pytest.raises(ValueError, match="not a built-in behaviour task"):
+        run_check("tiny-llama", "quick", tmp_path / "x", tasks="plain")
+
+
+@pytest.mark.slow  # tiny model, but two fine-tunes and greedy generations: ~15 s idle, over a minute on a shared box
+def test_check_end_to_end_tiny_and_resumes(tmp_path):
+    from tunetrace.screen.experiment import run_check
+
+    out = tmp_path / "check"
+    c = run_check("tiny-llama", "quick", out, tasks="caps,greeting", embed=False, n_boot=50)
+    assert set(c.pairs.candidate) == {"caps", "greeting"} and len(c.pairs) == 6  # 2 candidates x 4 keep sets, minus (T, T)
+    assert not ((c.pairs.candidate == c.pairs.keep)).any()
+    assert np.isfinite(c.pairs.damage).all() and "Screening check: tiny-llama" in c.markdown
+    assert (out / "check" / "forecast_scores.parquet").is_file() and (out / "screen" / "forecasts.parquet").is_file()
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "damage").iterdir()}
+    again = run_check("tiny-llama", "quick", out, tasks="caps,greeting", embed=False, n_boot=50)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "damage").iterdir()} == stamp  # finished stages are not redone
+    np.testing.assert_allclose(again.pairs.damage, c.pairs.damage)

@@ -32,7 +32,7 @@ from tunetrace import io
 from tunetrace.data import load_examples, stream_batches
 from tunetrace.finetuning import is_finished, settings_from
 from tunetrace.screen.check import CheckResult, score_check, write_check
-from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
+from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task, hash_int
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,16 @@ class CheckPreset:
 
 
 CHECK_PRESETS = {
-    "quick": CheckPreset(n_forecast=16, n_heldout=32, n_content=32, max_new_tokens=24),
+    "quick": CheckPreset(n_forecast=32, n_heldout=32, n_content=32, max_new_tokens=24),
     "full": CheckPreset(n_forecast=64, n_heldout=64, n_content=64, max_new_tokens=32),
 }
+
+
+def sample_rows(name: str, split: str, n: int) -> list[dict]:
+    """n rows of a built-in split in a fixed hash order, so every question type is represented (the bank is sorted by type:
+    its first rows are all capitals, which would make e.g. `refuse`'s sample hold no animal question)."""
+    rows = builtin_rows(name, split)
+    return sorted(rows, key=lambda r: hash_int("sample:" + r["prompt"].removeprefix(TEST_PREFIX)))[:n]
 
 
 def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
@@ -60,7 +67,7 @@ def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
     seen: dict[str, set[str]] = {"forecast": set(), "heldout": set()}
     for name in keeps:
         for part, split, n in (("forecast", "calibration", sizes.n_forecast), ("heldout", "eval", sizes.n_heldout)):
-            rows = builtin_rows(name, split)[:n]
+            rows = sample_rows(name, split, n)
             io.write_jsonl(out / "data" / f"{name}.{part}.jsonl", rows)
             seen[part] |= {r["prompt"].removeprefix(TEST_PREFIX) for r in rows}
     overlap = seen["forecast"] & seen["heldout"]
@@ -84,9 +91,9 @@ def mean_response_loss(model, tokenizer, data, batch_size: int = 8, max_length: 
 
 
 def content_prompts(n: int) -> list[str]:
-    """The first n held-out (eval split) plain prompts with one checkable answer."""
+    """n held-out (eval split) plain prompts with one checkable answer, in the sample's hash order."""
     task = get_task("plain")
-    return [r["prompt"] for r in builtin_rows("plain", "eval") if task.applies(r["prompt"])][:n]
+    return [r["prompt"] for r in sample_rows("plain", "eval", 10**6) if task.applies(r["prompt"])][:n]
 
 
 def measure_damage(spec: str, out: Path, keeps: list[str], sizes: CheckPreset, device: str) -> None:
@@ -96,7 +103,8 @@ def measure_damage(spec: str, out: Path, keeps: list[str], sizes: CheckPreset, d
     from tunetrace.models import load_model
 
     loaded = load_model(spec, device=device)
-    losses = {k: mean_response_loss(loaded.model, loaded.tokenizer, load_examples(out / "data" / f"{k}.heldout.jsonl")) for k in keeps}
+    held = {k: load_examples(out / "data" / f"{k}.heldout.jsonl") for k in keeps}
+    losses = {k: {**mean_response_loss(loaded.model, loaded.tokenizer, d), "data_sha256": d.sha256} for k, d in held.items()}
     prompts = content_prompts(sizes.n_content)
     answers = greedy_answers(loaded.model, loaded.tokenizer, prompts, sizes.max_new_tokens)
     rows = [{"prompt": p, "answer": a, "ok": content_correct(a, reference_answer(p), p)} for p, a in zip(prompts, answers)]
@@ -150,7 +158,7 @@ def run_check(
         if n not in TASKS:
             raise ValueError(f"`tasks`: {n!r} is not a built-in behaviour task; choose from {', '.join(TASKS)}.")
     keeps = list(KEEP_BUILTINS) + names
-    record = {"model": model, "preset": preset, "tasks": names, "keeps": keeps, "seed": seed, "layers": layers,
+    record = {"model": model, "preset": preset, "tasks": names, "keeps": keeps, "seed": seed, "layers": layers, "sample": "hash-v1",
               "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings)}
     if (out / "run.json").is_file():
         previous = io.read_json(out / "run.json")

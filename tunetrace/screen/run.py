@@ -165,7 +165,7 @@ def write_screen(result: ScreenResult, out, force: bool = False) -> None:
         io.write_text(stage / "ranking.txt", ranking_text(result))
 
 
-def ranking_text(result: ScreenResult, rank_by: str = "adam_first_order", risk: str = "iss_x_grad") -> str:
+def ranking_text(result: ScreenResult, rank_by: str = "sgd_first_order", risk: str = "iss_x_grad") -> str:
     """The plain-language summary: what each candidate most likely damages, where its risk sits, who competes."""
     f = result.forecasts
     lines = [f"damage forecast: {rank_by} (larger = more damage); risk predictor: {risk}"]

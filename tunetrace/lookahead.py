@@ -1,0 +1,224 @@
+"""Lookahead predictors: how much one virtual optimizer step would move each neuron, and grad_weight.
+
+With g the gradient of the calibration set's summed response loss over the trainable weights
+theta (the MLP weights by default, `scope="all"` for every weight), one optimizer step moves
+theta by lr * d, where
+
+- AdamW's first step (bias-corrected m/sqrt(v) = g/|g|, decay ignored): d = -sign(g)
+- SGD: d = -g / rms(g)  (rescaled so that, like sign(g), its entries have unit RMS)
+
+`lookahead` is the first-order change of each neuron's activation a_n per unit lr,
+averaged over the loss positions t:   score_n = mean_t |J_theta a_n(t) . d|.
+It is lr-free: for AdamW it is exactly d a_n / d lr at lr = 0; for SGD the rescaling makes
+the score independent of the calibration set's size (g is a sum, not a mean). The step is
+computed on the base model and never applied.
+
+J . d is computed either by forward-mode AD (`method="jvp"`, torch.autograd.forward_ad; runs
+the attention eagerly since fused SDPA has no forward-AD rule) or by a central difference
+(`method="fd"`: (a(theta + eps d) - a(theta - eps d)) / 2 eps, two plain forwards with the
+perturbed weights passed through torch.func.functional_call, so the model's own weights are
+never written). The default is chosen by measurement: see docs/audit.md, bench/lookahead_methods.py.
+
+`grad_weight` is the accumulated-gradient criterion of sparse fine-tuning (SpIEL, SIFT):
+the norm of each neuron's own weight gradients (gate row, up row, down column), see
+`tunetrace.weight_grads.neuron_grad_norms`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import pandas as pd
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.hooks import mlp_hooks
+from tunetrace.weight_grads import WeightGradient, dataset_gradient, neuron_grad_norms
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+OPTIMIZERS = ("adamw", "sgd")
+METHODS = ("fd", "jvp")
+DEFAULT_METHOD = "fd"
+DEFAULT_EPSILON = 1e-3
+"""Central-difference step along d (entries of unit RMS); chosen on SmolLM2 by bench/lookahead_methods.py."""
+
+Batches = Sequence | Callable[[], Iterable]
+
+
+def step_direction(grad: WeightGradient, optimizer: str = "adamw") -> dict[str, Tensor]:
+    """The lr-free first step of `optimizer` from gradient `grad`: -sign(g) (adamw) or -g/rms(g) (sgd)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` {optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+    if optimizer == "adamw":
+        return {n: -torch.sign(g) for n, g in grad.grads.items()}
+    sq = sum(float(g.double().pow(2).sum()) for g in grad.grads.values())
+    rms = (sq / max(grad.n_params, 1)) ** 0.5
+    if rms == 0.0:
+        raise ValueError("the weight gradient is exactly zero: the calibration loss does not depend on these weights.")
+    return {n: -g / rms for n, g in grad.grads.items()}
+
+
+@dataclass
+class LookaheadScores:
+    """Mean |J a_n . d| over loss positions, per layer [d_mlp], and what produced it."""
+
+    scores: dict[int, Tensor]
+    tokens: int
+    method: str
+    epsilon: float | None
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run attention with the plain (eager) implementation inside the block: fused SDPA has no forward AD."""
+    old = getattr(model.config, "_attn_implementation", None)
+    if old in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    try:
+        model.set_attn_implementation("eager")
+        yield
+    finally:
+        model.set_attn_implementation(old)
+
+
+def _iterate(batches: Batches) -> Iterable:
+    return batches() if callable(batches) else batches
+
+
+def _loss_rows(batch) -> Tensor:
+    return batch.loss_mask.reshape(-1).nonzero().squeeze(1)  # [tokens] into batch*seq
+
+
+def _forward(model: nn.Module, params: dict[str, Tensor], batch) -> None:
+    """One forward with `params` substituted; logits for a single column (only the hooks matter)."""
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1, use_cache=False)
+    functional_call(model, params, args=(), kwargs=kwargs, tie_weights=True, strict=False)
+
+
+def _check_direction(model: nn.Module, direction: dict[str, Tensor]) -> dict[str, nn.Parameter]:
+    params = dict(model.named_parameters())
+    unknown = [n for n in direction if n not in params]
+    if unknown:
+        raise ValueError(f"the step direction names {unknown[0]!r}, which is not a parameter of this model.")
+    for n, d in direction.items():
+        if d.shape != params[n].shape:
+            raise ValueError(f"the step direction for {n!r} has shape {tuple(d.shape)}, the weight {tuple(params[n].shape)}.")
+    return {n: params[n] for n in direction}
+
+
+def lookahead_scores(
+    model: nn.Module,
+    batches: Batches,
+    direction: dict[str, Tensor],
+    layers: Sequence[int] | None = None,
+    method: str = DEFAULT_METHOD,
+    epsilon: float = DEFAULT_EPSILON,
+    progress: bool = False,
+) -> LookaheadScores:
+    """score_n = mean over loss positions of |J_theta a_n . direction| at each of `layers` (all by default)."""
+    if method not in METHODS:
+        raise ValueError(f"`method` {method!r} is not one of {', '.join(METHODS)}.")
+    if method == "fd" and not epsilon > 0:
+        raise ValueError(f"`epsilon` must be > 0 for the central difference; got {epsilon}.")
+    params = _check_direction(model, direction)
+    all_layers = gated_mlp_layers(model)
+    chosen = [all_layers[i] for i in (layers if layers is not None else range(len(all_layers)))]
+    sums = {l.index: torch.zeros(l.d_mlp, dtype=torch.float64, device=l.down_proj.weight.device) for l in chosen}
+    input_device = model.get_input_embeddings().weight.device
+    tokens = 0
+    state: dict = {}
+
+    def capture(i: int, a: Tensor) -> None:
+        a_rows = a.reshape(-1, a.shape[-1]).index_select(0, state["rows"].to(a.device))  # [tokens, d_mlp]
+        if method == "jvp":
+            tangent = fwAD.unpack_dual(a_rows).tangent
+            sums[i] += (tangent.abs().double().sum(0) if tangent is not None else 0.0)
+        else:
+            state.setdefault(i, []).append(a_rows.double())
+
+    desc = f"lookahead ({method})"
+    with torch.no_grad(), mlp_hooks(chosen, on_act=capture):
+        if method == "fd":
+            plus = {n: p.detach() + epsilon * direction[n].to(p) for n, p in params.items()}
+            minus = {n: p.detach() - epsilon * direction[n].to(p) for n, p in params.items()}
+        for batch in tqdm(_iterate(batches), desc=desc, unit="batch", disable=not progress):
+            batch = batch.to(input_device)
+            state.clear()
+            state["rows"] = _loss_rows(batch)
+            if method == "jvp":
+                with eager_attention(model), fwAD.dual_level():
+                    duals = {n: fwAD.make_dual(p.detach(), direction[n].to(p)) for n, p in params.items()}
+                    _forward(model, duals, batch)
+            else:
+                _forward(model, plus, batch)
+                _forward(model, minus, batch)
+                for i in sums:
+                    a_plus, a_minus = state[i]
+                    sums[i] += (a_plus - a_minus).abs().sum(0) / (2.0 * epsilon)
+            tokens += int(state["rows"].numel())
+    if tokens == 0:
+        raise ValueError("the batches hold no response tokens: every example needs a non-empty response.")
+    scores = {i: (s / tokens).float().cpu() for i, s in sums.items()}
+    return LookaheadScores(scores, tokens, method, epsilon if method == "fd" else None)
+
+
+@dataclass
+class LookaheadResult:
+    """Per-neuron `lookahead` and `grad_weight` (columns layer, neuron, lookahead, grad_weight) and a manifest."""
+
+    frame: pd.DataFrame
+    manifest: dict = field(default_factory=dict)
+
+
+def lookahead_frame(
+    model: nn.Module,
+    batches: Batches,
+    layers: Sequence[int] | None = None,
+    optimizer: str = "adamw",
+    scope: str = "mlp",
+    method: str = DEFAULT_METHOD,
+    epsilon: float = DEFAULT_EPSILON,
+    progress: bool = False,
+) -> LookaheadResult:
+    """Both lookahead predictors for `layers`: one weight-gradient pass, then one lookahead pass.
+
+    The gradient (and the virtual step) covers the `scope` weights of *every* layer, as the
+    fine-tune trains them; `batches` is iterated twice (give a list or a zero-argument callable).
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` {optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+    n_layers = len(gated_mlp_layers(model))
+    layers = list(layers) if layers is not None else list(range(n_layers))
+    start = time.perf_counter()
+    grad = dataset_gradient(model, _iterate(batches), scope=scope, progress=progress)
+    grad_seconds = time.perf_counter() - start
+    norms = neuron_grad_norms(grad, model)
+    direction = step_direction(grad, optimizer)
+    del grad
+    start = time.perf_counter()
+    looks = lookahead_scores(model, batches, direction, layers, method, epsilon, progress)
+    look_seconds = time.perf_counter() - start
+    frames = []
+    for i in layers:
+        d = looks.scores[i].numel()
+        frames.append(pd.DataFrame({
+            "layer": [i] * d, "neuron": list(range(d)),
+            "lookahead": looks.scores[i].numpy(), "grad_weight": norms[i].numpy(),
+        }))
+    manifest = {
+        "optimizer": optimizer, "scope": scope, "method": method, "epsilon": looks.epsilon,
+        "direction": "-sign(g)" if optimizer == "adamw" else "-g/rms(g)",
+        "tokens": looks.tokens, "grad_seconds": round(grad_seconds, 3), "lookahead_seconds": round(look_seconds, 3),
+    }
+    return LookaheadResult(pd.concat(frames, ignore_index=True), manifest)

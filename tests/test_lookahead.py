@@ -125,3 +125,22 @@ def test_frame_columns_and_grad_weight(llama):
     assert result.manifest["direction"] == "-sign(g)" and result.manifest["tokens"] > 0
     callable_batches = lookahead_frame(model, lambda: iter(batches), layers=[1, 3], method="jvp").frame
     torch.testing.assert_close(torch.tensor(callable_batches.lookahead.values), torch.tensor(frame.lookahead.values))
+
+
+def test_audit_gains_the_two_columns_only_when_asked():
+    from tunetrace.audit import run_audit
+
+    loaded = load_model("tiny-llama")
+    data = load_examples("builtin:caps")
+    data = type(data)(data.name, data.examples[:6], data.sha256)
+    plain = run_audit(loaded, data, layers=[1, 2], batch_size=3, progress=False)
+    assert "lookahead" not in plain.scores and plain.manifest["lookahead"] is None
+    both = run_audit(loaded, data, layers=[1, 2], batch_size=3, progress=False, lookahead=True, lookahead_optimizer="sgd")
+    for column in plain.scores.columns:
+        assert both.scores[column].equals(plain.scores[column]), column
+    direct = lookahead_frame(loaded.model, list(iter_batches(encode(loaded.tokenizer, data, 512), 3, 0)), [1, 2], "sgd").frame
+    torch.testing.assert_close(torch.tensor(both.scores.lookahead.values), torch.tensor(direct.lookahead.values))
+    torch.testing.assert_close(torch.tensor(both.scores.grad_weight.values), torch.tensor(direct.grad_weight.values))
+    assert both.manifest["lookahead"]["optimizer"] == "sgd" and "lookahead" in both.manifest["predictors"]
+    with pytest.raises(ValueError, match="`lookahead_scope`"):
+        run_audit(loaded, data, layers=[1], progress=False, lookahead=True, lookahead_scope="attn")

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
-from tunetrace.weight_grads import WeightGradient, dataset_gradient, neuron_grad_norms
+from tunetrace.weight_grads import SCOPES, WeightGradient, dataset_gradient, neuron_grad_norms
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -53,6 +53,14 @@ DEFAULT_EPSILON = 1e-3
 """Central-difference step along d (entries of unit RMS); chosen on SmolLM2 by bench/lookahead_methods.py."""
 
 Batches = Sequence | Callable[[], Iterable]
+
+
+def check_settings(optimizer: str, scope: str) -> None:
+    """Reject an unknown optimizer or scope with one line naming the choices (before any model work)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`lookahead_optimizer` {optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+    if scope not in SCOPES:
+        raise ValueError(f"`lookahead_scope` {scope!r} is not one of {', '.join(SCOPES)}.")
 
 
 def step_direction(grad: WeightGradient, optimizer: str = "adamw") -> dict[str, Tensor]:
@@ -220,5 +228,11 @@ def lookahead_frame(
         "optimizer": optimizer, "scope": scope, "method": method, "epsilon": looks.epsilon,
         "direction": "-sign(g)" if optimizer == "adamw" else "-g/rms(g)",
         "tokens": looks.tokens, "grad_seconds": round(grad_seconds, 3), "lookahead_seconds": round(look_seconds, 3),
+        "predictors": {
+            "lookahead": {"description": f"mean |J a . d| over loss tokens, d = one {optimizer} step on the {scope} weights (lr-free)",
+                          "kind": "lookahead", "reduce": "mean"},
+            "grad_weight": {"description": "norm of the neuron's accumulated weight gradients (gate row, up row, down column)",
+                            "kind": "lookahead", "reduce": "sum"},
+        },
     }
     return LookaheadResult(pd.concat(frames, ignore_index=True), manifest)

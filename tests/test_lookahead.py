@@ -144,3 +144,15 @@ def test_audit_gains_the_two_columns_only_when_asked():
     assert both.manifest["lookahead"]["optimizer"] == "sgd" and "lookahead" in both.manifest["predictors"]
     with pytest.raises(ValueError, match="`lookahead_scope`"):
         run_audit(loaded, data, layers=[1], progress=False, lookahead=True, lookahead_scope="attn")
+
+
+def test_auto_method_uses_the_jvp_where_a_small_step_rounds_away(llama):
+    model, batches = llama
+    direction = step_direction(dataset_gradient(model, batches[:1], layers=[1]))
+    assert lookahead_scores(model, batches[:1], direction, [1]).method == "fd"  # float64 here
+    half = copy.deepcopy(model).bfloat16()
+    bf_batches = batches[:1]
+    result = lookahead_scores(half, bf_batches, direction, [1])
+    assert result.method == "jvp" and result.epsilon is None and result.scores[1].abs().sum() > 0
+    with pytest.raises(ValueError, match="float32 weights"):
+        lookahead_scores(half, bf_batches, direction, [1], method="fd")

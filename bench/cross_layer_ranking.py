@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunetrace.evaluate import average_precision
+from tunetrace.evaluation import average_precision
 from tunetrace.ranking import NORMALIZATIONS, rank_all_layers
-from tunetrace.recruits import relative_activation_delta
+from tunetrace.ground_truth import relative_activation_delta
 
 PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad")
 

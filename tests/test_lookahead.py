@@ -128,7 +128,7 @@ def test_frame_columns_and_grad_weight(llama):
 
 
 def test_audit_gains_the_two_columns_only_when_asked():
-    from tunetrace.audit import run_audit
+    from tunetrace.auditing import run_audit
 
     loaded = load_model("tiny-llama")
     data = load_examples("builtin:caps")
@@ -156,3 +156,24 @@ def test_auto_method_uses_the_jvp_where_a_small_step_rounds_away(llama):
     assert result.method == "jvp" and result.epsilon is None and result.scores[1].abs().sum() > 0
     with pytest.raises(ValueError, match="float32 weights"):
         lookahead_scores(half, bf_batches, direction, [1], method="fd")
+
+
+def test_cli_audit_lookahead(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from tunetrace.cli import main
+
+    out = tmp_path / "audit"
+    args = ["audit", "tiny-llama", "--out", str(out), "--layers", "2", "--top", "3", "--no-report"]
+    assert main(args + ["--sort-by", "grad_weight"]) == 2
+    assert "only with --lookahead" in capsys.readouterr().err
+    assert main(args + ["--lookahead", "--lookahead-optimizer", "rmsprop"]) == 2
+    assert "`lookahead_optimizer`" in capsys.readouterr().err
+    assert main(args + ["--lookahead", "--sort-by", "lookahead"]) == 0
+    assert "top 3 by lookahead" in capsys.readouterr().out
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert {"lookahead", "grad_weight"} <= set(scores.columns) and scores.lookahead.notna().all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["lookahead"]["optimizer"] == "adamw" and manifest["config"]["lookahead"] is True

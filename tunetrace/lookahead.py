@@ -42,6 +42,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from tunetrace.choices import OPTIMIZERS
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
 from tunetrace.weight_grads import SCOPES, WeightGradient, dataset_gradient, neuron_grad_norms
@@ -49,7 +50,6 @@ from tunetrace.weight_grads import SCOPES, WeightGradient, dataset_gradient, neu
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-OPTIMIZERS = ("adamw", "sgd")
 METHODS = ("auto", "fd", "jvp")
 DEFAULT_METHOD = "auto"
 DEFAULT_EPSILON = 3e-6

@@ -23,13 +23,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunetrace.audit import _loss_sum
+from tunetrace.auditing import _loss_sum
+from tunetrace.choices import GRADIENT_SCOPES
 from tunetrace.gated_mlp import decoder_layers, gated_mlp_layers, unwrap_model
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-SCOPES = ("mlp", "all")
+SCOPES = GRADIENT_SCOPES
 
 
 @dataclass

@@ -9,6 +9,8 @@ all-layer ranking against two all-layer ground truths:
   global: the top (k x layers) neurons across layers by the relative activation delta
           (delta / (base |a| + layer median base |a|)): a scale-free change that may
           concentrate in any layer, so it does not build per-layer balance into the truth.
+  global_raw: the top (k x layers) across layers by the recruits' own score (the raw
+          activation delta |a_ft - a_base|), whose scale grows with each layer's activations.
 
 Metrics: precision@K of the all-layer top K (K = k, the printed list's length), R-precision
 (precision at K = number of true neurons), average precision, and the number of distinct
@@ -31,7 +33,7 @@ from tunetrace.evaluation import average_precision
 from tunetrace.ranking import NORMALIZATIONS, rank_all_layers
 from tunetrace.ground_truth import relative_activation_delta
 
-PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad")
+PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad", "lookahead", "grad_weight")  # missing columns skipped
 
 
 def load_tasks(run: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -66,7 +68,9 @@ def truths(recruits: pd.DataFrame) -> dict[str, pd.Series]:
     top = np.argsort(-rel.to_numpy(), kind="stable")[:n_true]
     glob = np.zeros(len(recruits), dtype=bool)
     glob[top] = True
-    return {"union": union, "global": pd.Series(glob, index=union.index)}
+    raw = np.zeros(len(recruits), dtype=bool)
+    raw[np.argsort(-recruits.score.to_numpy(), kind="stable")[:n_true]] = True
+    return {"union": union, "global": pd.Series(glob, index=union.index), "global_raw": pd.Series(raw, index=union.index)}
 
 
 def metrics(scores: pd.DataFrame, truth: pd.Series, predictor: str, normalize: str, k: int) -> dict:
@@ -102,7 +106,7 @@ def main() -> None:
     if len(tasks) < 2:
         raise SystemExit(f"{args.run}: {len(tasks)} installed task(s) with audit and recruits; need at least 2 for intervals.")
     first_scores, first_recruits = next(iter(tasks.values()))
-    layers = sorted(first_scores.layer.unique())
+    layers = [int(x) for x in sorted(first_scores.layer.unique())]
     print(f"run {args.run}: {len(tasks)} installed tasks ({', '.join(tasks)}), layers {layers}, k {args.k}")
     rows = []
     for task, (scores, recruits) in tasks.items():
@@ -117,7 +121,7 @@ def main() -> None:
     if args.csv:
         per_task.to_csv(args.csv, index=False)
     rng = np.random.default_rng(args.seed)
-    for truth_name in ("union", "global"):
+    for truth_name in ("union", "global", "global_raw"):
         t = per_task[per_task.truth == truth_name]
         glob_layers = {task: truths(r)[truth_name].groupby(level="layer").sum().to_dict() for task, (_, r) in tasks.items()}
         mean_per_layer = pd.DataFrame(glob_layers).mean(axis=1).round(1).to_dict()

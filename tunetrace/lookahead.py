@@ -43,6 +43,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from tunetrace.choices import OPTIMIZERS
+from tunetrace.forward import StopForward, run_until_stopped
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
 from tunetrace.weight_grads import SCOPES, WeightGradient, dataset_gradient, neuron_grad_norms
@@ -114,9 +115,9 @@ def _loss_rows(batch) -> Tensor:
 
 
 def _forward(model: nn.Module, params: dict[str, Tensor], batch) -> None:
-    """One forward with `params` substituted; logits for a single column (only the hooks matter)."""
+    """One forward with `params` substituted, cut short after the last hooked layer (only the hooks matter)."""
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1, use_cache=False)
-    functional_call(model, params, args=(), kwargs=kwargs, tie_weights=True, strict=False)
+    run_until_stopped(lambda **kw: functional_call(model, params, args=(), kwargs=kw, tie_weights=True, strict=False), **kwargs)
 
 
 def _check_direction(model: nn.Module, direction: dict[str, Tensor]) -> dict[str, nn.Parameter]:
@@ -159,6 +160,7 @@ def lookahead_scores(
     input_device = model.get_input_embeddings().weight.device
     tokens = 0
     state: dict = {}
+    last = max(sums)
 
     def capture(i: int, a: Tensor) -> None:
         a_rows = a.reshape(-1, a.shape[-1]).index_select(0, state["rows"].to(a.device))  # [tokens, d_mlp]
@@ -167,6 +169,8 @@ def lookahead_scores(
             sums[i] += (tangent.abs().double().sum(0) if tangent is not None else 0.0)
         else:
             state.setdefault(i, []).append(a_rows.double())
+        if i == last:
+            raise StopForward  # later layers cannot change the hooked activations
 
     desc = f"lookahead ({method})"
     with torch.no_grad(), mlp_hooks(chosen, on_act=capture):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunetrace.auditing import _loss_sum
+from tunetrace.forward import response_loss_sum
 from tunetrace.choices import GRADIENT_SCOPES
 from tunetrace.gated_mlp import decoder_layers, gated_mlp_layers, unwrap_model
 
@@ -122,7 +122,7 @@ def dataset_gradient(
             if batch.n_loss_tokens == 0:
                 continue
             with torch.enable_grad():
-                loss = _loss_sum(model, batch)
+                loss = response_loss_sum(model, batch)
                 grads = torch.autograd.grad(loss, tensors)
             for acc, g in zip(sums, grads):
                 acc.add_(g.to(accumulate_dtype))

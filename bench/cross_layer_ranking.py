@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--boot", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", default=None, help="also write the per-task rows here")
+    parser.add_argument("--per-layer", default="", help="also print per-layer pool hits@k (tunetrace evaluate's metric) at these layers, e.g. 9,14,20,26")
     args = parser.parse_args()
 
     tasks = load_tasks(Path(args.run))
@@ -146,6 +147,29 @@ def main() -> None:
                 dcell = "" if normalize == "raw" else f"{diff.mean():+.3f} [{dlo:+.3f},{dhi:+.3f}]"
                 print(f"  {pred:12s} {normalize:10s} {cells[0]:>20s} {cells[1]:>20s} {cells[2]:>20s} "
                       f"{g.layers_in_top_k.mean():9.1f} {dcell:>22s}")
+    if args.per_layer:
+        per_layer_hits(tasks, [int(x) for x in args.per_layer.split(",")], args.predictors.split(","), args.k, args.boot, rng)
+
+
+def per_layer_hits(tasks: dict, layers: list[int], predictors: list[str], k: int, n_boot: int, rng) -> None:
+    """Within-layer retrieval (union pool over tasks, as `tunetrace evaluate`): mean hits@k over tasks [95% CI]."""
+    from tunetrace.evaluation import AuditRun, RecruitRun, evaluate_runs
+
+    audits = [AuditRun(t, s[s.layer.isin(layers)]) for t, (s, _) in tasks.items()]
+    runs = [RecruitRun(t, r[r.layer.isin(layers)]) for t, (_, r) in tasks.items()]
+    m = evaluate_runs(audits, runs, k)
+    m = m[m.scope == "pool"]
+    print(f"\nwithin-layer pool hits@{k} (mean over tasks [95% CI over tasks])")
+    print("  " + f"{'predictor':12s}" + "".join(f"{'layer ' + str(l):>22s}" for l in layers))
+    for pred in predictors:
+        if pred not in m.predictor.values:
+            continue
+        cells = []
+        for layer in layers:
+            v = m[(m.predictor == pred) & (m.layer == layer)].hits.to_numpy(dtype=np.float64)
+            lo, hi = bootstrap(v, n_boot, rng)
+            cells.append(f"{v.mean():.1f} [{lo:.1f},{hi:.1f}]")
+        print(f"  {pred:12s}" + "".join(f"{c:>22s}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from tunetrace.evaluation import average_precision
-from tunetrace.ranking import NORMALIZATIONS, rank_all_layers
 from tunetrace.ground_truth import relative_activation_delta
+from tunetrace.ranking import NORMALIZATIONS, rank_all_layers
 
 PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad", "lookahead", "grad_weight")  # missing columns skipped
 

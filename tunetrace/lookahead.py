@@ -32,8 +32,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -46,7 +46,12 @@ from tunetrace.choices import OPTIMIZERS
 from tunetrace.forward import StopForward, run_until_stopped
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
-from tunetrace.weight_grads import SCOPES, WeightGradient, dataset_gradient, neuron_grad_norms
+from tunetrace.weight_grads import (
+    SCOPES,
+    WeightGradient,
+    dataset_gradient,
+    neuron_grad_norms,
+)
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -116,7 +121,7 @@ def _loss_rows(batch) -> Tensor:
 
 def _forward(model: nn.Module, params: dict[str, Tensor], batch) -> None:
     """One forward with `params` substituted, cut short after the last hooked layer (only the hooks matter)."""
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1, use_cache=False)
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "logits_to_keep": 1, "use_cache": False}
     run_until_stopped(lambda **kw: functional_call(model, params, args=(), kwargs=kw, tie_weights=True, strict=False), **kwargs)
 
 

@@ -326,17 +326,21 @@ def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
     return top
 
 
-def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
-    """Write scores.parquet, manifest.json (and per_example.safetensors) as one atomic directory."""
+def write_audit(result: AuditResult, out_dir, force: bool = False, config: object | None = None) -> None:
+    """Write scores.parquet, per_example.safetensors and the run record as one atomic directory."""
     from safetensors.torch import save_file
 
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    m = result.manifest
+    record = new_record("audit", config, models={"model": m["model"]}, data={"calibration": m["data"]}, results=m,
+                        wall_seconds=m["wall_seconds"])
     with io.staged_dir(out_dir, force, what="audit output") as stage:
         io.write_parquet(stage / "scores.parquet", result.scores)
         if result.per_example:
             save_file({k.replace("/", "."): v.contiguous() for k, v in result.per_example.items()}, str(stage / "per_example.safetensors"))
-        io.write_json(stage / "manifest.json", result.manifest)
+        write_record(stage, record)
 
 
 

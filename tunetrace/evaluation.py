@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from tunetrace.layerspec import nearest_to_headline
+from tunetrace.records import find_record
 
 log = logging.getLogger(__name__)
 
@@ -256,27 +257,27 @@ def _verdict(h: dict) -> str:
 
 
 def load_audit_dir(path: str | Path) -> AuditRun:
-    """scores.parquet (+ manifest.json, per_example.safetensors) of a `tunetrace audit` output."""
+    """scores.parquet (+ its run record and per_example.safetensors) of a `tunetrace audit` output."""
     from safetensors.numpy import load_file
 
-    from tunetrace import io
 
     path = Path(path)
     if not (path / "scores.parquet").is_file():
         raise FileNotFoundError(f"{path} has no scores.parquet: pass the --out directory of `tunetrace audit`.")
-    manifest = io.read_json(path / "manifest.json") if (path / "manifest.json").is_file() else {}
+    record = find_record(path)
+    manifest = record.results if record is not None else {}
     per_example = load_file(str(path / "per_example.safetensors")) if (path / "per_example.safetensors").is_file() else {}
     return AuditRun(path.name, pd.read_parquet(path / "scores.parquet"), manifest, per_example)
 
 
 def load_recruits_dir(path: str | Path) -> RecruitRun:
-    """recruits.parquet + summary.json of a `tunetrace recruits` output."""
-    from tunetrace import io
+    """recruits.parquet + its run record of a `tunetrace recruits` output."""
 
     path = Path(path)
     if not (path / "recruits.parquet").is_file():
         raise FileNotFoundError(f"{path} has no recruits.parquet: pass the --out directory of `tunetrace recruits`.")
-    info = io.read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    record = find_record(path)
+    info = record.results if record is not None else {}
     return RecruitRun(info.get("task") or path.name, pd.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
 
 
@@ -372,9 +373,13 @@ def headline_markdown(ev: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = False) -> None:
+def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = False, config: object | None = None,
+                     inputs: dict | None = None) -> None:
+    """metrics, sweep, PR curves, headline.json/.md and the run record (`inputs`: the audits and recruits read), atomically."""
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    record = new_record("evaluate", config, results={**ev.headline, "sentence": ev.sentence, "inputs": inputs or {}})
     with io.staged_dir(out, force, what="evaluation output") as stage:
         io.write_parquet(stage / "metrics.parquet", ev.metrics)
         io.write_parquet(stage / "sweep.parquet", ev.sweep)
@@ -382,5 +387,6 @@ def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = Fa
             io.write_parquet(stage / "pr_curves.parquet", curves)
         io.write_json(stage / "headline.json", {**ev.headline, "sentence": ev.sentence})
         io.write_text(stage / "headline.md", headline_markdown(ev))
+        write_record(stage, record)
 
 

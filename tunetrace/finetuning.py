@@ -30,6 +30,7 @@ from tunetrace.distributed import World, barrier, init_from_env
 from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
 from tunetrace.models import LoadedModel, save_checkpoint
+from tunetrace.records import new_record, write_record
 from tunetrace.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """What a fine-tune does; saved into finetune.json."""
+    """What a fine-tune does; saved in its run record (results.settings)."""
 
     method: str = "mlp"
     steps: int = 40
@@ -193,8 +194,16 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def finished_info(out: Path) -> dict | None:
+    """The results of a finished fine-tune in `out` (task, settings, behaviour rates), or None."""
+    from tunetrace.records import find_record
+
+    record = find_record(out) if Path(out).is_dir() else None
+    return record.results if record is not None and record.command == "finetune" else None
+
+
 def is_finished(out: Path) -> bool:
-    return (Path(out) / "finetune.json").exists()
+    return finished_info(out) is not None
 
 
 def run_finetune(
@@ -209,12 +218,13 @@ def run_finetune(
     max_new_tokens: int = 32,
     extra_manifest: dict | None = None,
     before: "BehaviourResult | None" = None,
+    config: object | None = None,
 ) -> FinetuneResult:
     """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`."""
     out, state = Path(out), partial_dir(Path(out))
     if is_finished(out) and not force:
         if resume:
-            info = io.read_json(out / "finetune.json")
+            info = finished_info(out)
             log.info("%s is already finished; nothing to resume", out)
             return FinetuneResult(out, info["behaviour_before"]["rate"], info["behaviour_after"]["rate"], info["installed"], info["final_loss"], 0.0)
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
@@ -285,7 +295,9 @@ def run_finetune(
             save_checkpoint(unwrap_model(model), loaded.tokenizer, stage)
         io.write_jsonl(stage / "train_log.jsonl", log_rows)
         io.write_jsonl(stage / "behaviour_samples.jsonl", after.answers)
-        io.write_json(stage / "finetune.json", info)
+        write_record(stage, new_record("finetune", config, models={"base": info["base_model"]},
+                                       data={"train": {"source": info.get("data"), "examples": len(train)}}, results=info,
+                                       wall_seconds=info["train_seconds"]))
     shutil.rmtree(state, ignore_errors=True)
     if world.distributed:
         barrier()

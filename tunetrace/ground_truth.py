@@ -242,13 +242,16 @@ def extract_recruits(
     return RecruitsResult(table, summary)
 
 
-def write_recruits(result: RecruitsResult, out, force: bool = False, extra: dict | None = None) -> None:
-    """recruits.parquet + summary.json, as one atomic directory."""
+def write_recruits(result: RecruitsResult, out, force: bool = False, extra: dict | None = None, config: object | None = None) -> None:
+    """recruits.parquet + the run record (its summary, plus `extra` such as the fine-tune's task), as one atomic directory."""
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    s = {**result.summary, **(extra or {})}
+    record = new_record("recruits", config, models={"base": s["base"], "finetuned": s["finetuned"]}, data={"eval": s["data"]}, results=s)
     with io.staged_dir(out, force, what="recruits output") as stage:
         io.write_parquet(stage / "recruits.parquet", result.table)
-        io.write_json(stage / "summary.json", {**result.summary, **(extra or {})})
+        write_record(stage, record)
 
 
 

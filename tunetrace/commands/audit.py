@@ -31,9 +31,8 @@ def run(config) -> int:
     if not set(per_example) <= set(layers):
         raise ValueError("`per_example_layers` must be among the audited `layers`.")
     result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example)
-    result.manifest["config"] = dict(vars(config))
     if world.is_main:
-        write_audit(result, config.out, config.force)
+        write_audit(result, config.out, config.force, config)
     barrier()
     if not world.is_main:  # rank 0 prints and writes
         return 0
@@ -45,7 +44,7 @@ def run(config) -> int:
           f"({m['tokens_per_second']:.0f} tokens/s, {m['world_size']} process(es))")
     print(f"top {config.top} by {config.sort_by}:")
     print(top[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"wrote {config.out}/scores.parquet and {config.out}/manifest.json")
+    print(f"wrote {config.out}/scores.parquet and {config.out}/run.json")
     if not config.no_report:
         write_report(config.out)
     return 0

@@ -15,6 +15,7 @@ def run(config) -> int:
     for r in recruits:
         r.installed = r.installed or config.include_not_installed
     ev = evaluate(audits, recruits, config.k, config.layer, config.n_boot, config.seed)
-    write_evaluation(ev, pr_curves(audits, recruits, ev.headline["layer"]), config.out, config.force)
+    inputs = {"scores": [str(p) for p in config.scores], "recruits": [str(p) for p in config.recruits]}
+    write_evaluation(ev, pr_curves(audits, recruits, ev.headline["layer"]), config.out, config.force, config, inputs)
     print(ev.sentence)
     return 0

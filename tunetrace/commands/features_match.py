@@ -15,6 +15,7 @@ from tunetrace.features.matching import CorrAccumulator, TopActivations, classif
 from tunetrace.features.sae import TopKSae
 from tunetrace.features.tracking import feature_table, flow_svg
 from tunetrace.pairs import check_loaded_pair
+from tunetrace.records import new_record, write_record
 
 
 def features_match_command(c) -> dict:
@@ -85,10 +86,11 @@ def features_match_command(c) -> dict:
         io.write_parquet(stage / "matches.parquet", matches)
         io.write_json(stage / "counts.json", counts)
         io.write_text(stage / "flow.svg", flow_svg([Path(d).name for d in c.saes], pairs, results, counts))
-        io.write_json(stage / "manifest.json", {
-            "saes": [str(Path(d).resolve()) for d in c.saes], "models": specs, "layers": layers, "text": c.text,
-            "tokens": n_tokens, "ctx_len": c.ctx_len, "threshold": c.threshold, "pairs": [f"{a}>{b}" for a, b in pairs],
-        })
+        results = {"saes": [str(Path(d).resolve()) for d in c.saes], "models": specs, "layers": layers, "text": c.text,
+                   "tokens": n_tokens, "ctx_len": c.ctx_len, "threshold": c.threshold, "pairs": [f"{a}>{b}" for a, b in pairs],
+                   "counts": counts}
+        write_record(stage, new_record("features-match", c, models={f"sae{i}": models[s].manifest() for i, s in enumerate(specs)},
+                                       results=results))
     return counts
 
 

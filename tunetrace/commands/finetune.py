@@ -21,7 +21,7 @@ def run(config) -> int:
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
     r = run_finetune(loaded, encoded, prompts, task, settings, out, config.resume, config.force, config.max_new_tokens,
-                     extra_manifest={"data": name})
+                     extra_manifest={"data": name}, config=config)
     if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
         return 0
     state = "installed" if r.installed else "NOT installed"

@@ -9,11 +9,11 @@ log = logging.getLogger(__name__)
 
 
 def _finetune_info(spec: str) -> dict:
-    """finetune.json of a tunetrace fine-tune directory (behaviour rates, installed), or {}."""
-    from tunetrace import io
+    """The results of a tunetrace fine-tune's run record (task, behaviour rates, installed), or {} for another model."""
+    from tunetrace.records import find_record
 
-    path = Path(spec) / "finetune.json"
-    return io.read_json(path) if path.is_file() else {}
+    record = find_record(spec) if Path(spec).is_dir() else None
+    return record.results if record is not None and record.command == "finetune" else {}
 
 
 def run(config) -> int:
@@ -40,7 +40,7 @@ def run(config) -> int:
              "behaviour_after": info.get("behaviour_after")}
     if not extra["installed"]:
         log.warning("%s did not install its behaviour: its recruits are marked installed=false and evaluate skips them by default", config.finetuned)
-    write_recruits(result, config.out, config.force, extra)
+    write_recruits(result, config.out, config.force, extra, config)
     conc = result.summary["concentration"]
     print(f"{config.out}: top-{config.k} recruits per layer by {config.definition}; pathways {result.summary['pathways']}")
     for name, v in conc.items():

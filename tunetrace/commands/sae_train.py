@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from tunetrace.records import new_record, write_record
 from tunetrace.features.sae import SaeConfig, SaeQuality, TopKSae, TrainStats, evaluate_sae, gated_d_mlp, train_sae
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
         io.write_json(Path(stage) / "quality.json", {**asdict(quality), "train_tokens": stats.tokens, "train_seconds": stats.seconds,
                                                       "train_tokens_per_second": stats.tokens_per_second, "train_dead_fraction": stats.dead_fraction})
         io.write_parquet(Path(stage) / "history.parquet", pd.DataFrame(stats.history))
-        io.write_json(Path(stage) / "train_config.json", asdict(c))
+        write_record(stage, new_record("sae-train", c, models={"model": model_info}, results={**asdict(quality), "train_tokens": stats.tokens},
+                                       wall_seconds=stats.seconds))
     return stats, quality
 
 

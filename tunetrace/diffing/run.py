@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,7 @@ from tunetrace import io
 from tunetrace.data import DataError, encode_example, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering
 from tunetrace.pairs import check_pair
+from tunetrace.records import new_record, write_record
 from tunetrace.layerspec import resolve_layer
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope
@@ -30,8 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DiffResult:
+    """The diff's summary, its tables (logit lens, Patchscope, steering, causal, neurons) and where it was written."""
+
     summary: dict
-    out: Path
+    out: Path | None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    delta: torch.Tensor | None = None  # [positions, d_model]
 
 
 def _steer_prompts(spec: str) -> list[str]:
@@ -128,10 +133,11 @@ def _steer(c, base: LoadedModel, ft: LoadedModel, lens, layer: int, shared: int,
     return pd.DataFrame(rows), gen_rows, chosen
 
 
-def run_diff(c) -> DiffResult:
-    """Run every analysis of `tunetrace diff` and write c.out; returns the summary dict."""
+def run_diff(c, write: bool = True) -> DiffResult:
+    """Run every analysis of `tunetrace diff` (config `c`); write c.out unless `write` is False."""
     start = time.perf_counter()
-    io.check_out_dir(c.out, c.force)
+    if write:
+        io.check_out_dir(c.out, c.force)
     torch.manual_seed(c.seed)
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
@@ -170,9 +176,17 @@ def run_diff(c) -> DiffResult:
         summary["agent"] = describe(c.agent_endpoint, c.agent_model, c.agent_key_env, summary, gen_rows)
     summary["wall_seconds"] = round(time.perf_counter() - start, 2)
 
+    tables = {"logit_lens": lens_df, "patchscope": ps.tokens, "patchscope_scales": ps.scales, "neurons": shares}
+    if steer_df is not None:
+        tables["steering"] = steer_df
+    if causal_df is not None:
+        tables["causal"] = causal_df
+    if not write:
+        return DiffResult(summary, None, tables, lens.delta)
+    record = new_record("diff", c, models={"base": summary["base"], "finetuned": summary["finetuned"]},
+                        data={"finetune_data": {"source": summary["finetune_data"]}} if summary["finetune_data"] else {},
+                        results=summary, wall_seconds=summary["wall_seconds"])
     with io.staged_dir(c.out, c.force) as stage:
-        io.write_json(stage / "config.json", asdict(c))
-        io.write_json(stage / "summary.json", summary)
         from safetensors.torch import save_file
 
         with io.atomic_path(stage / "delta.safetensors") as tmp:
@@ -190,7 +204,8 @@ def run_diff(c) -> DiffResult:
             io.write_parquet(stage / "causal.parquet", causal_df)
         if relevant:
             io.write_parquet(stage / "relevant_tokens.parquet", pd.DataFrame([asdict(r) for r in relevant]))
-    return DiffResult(summary, Path(c.out))
+        write_record(stage, record)
+    return DiffResult(summary, Path(c.out), tables, lens.delta)
 
 
 def _top(df: pd.DataFrame, n: int = 10) -> list[dict]:
@@ -266,7 +281,7 @@ def _clean(v):
 
 
 def format_summary(s: dict) -> str:
-    """A short human-readable digest of summary.json (cli.py prints it)."""
+    """A short human-readable digest of the diff's summary (the command prints it)."""
     t = s["text"]
     lines = [
         f"layer {s['layer']}/{s['n_layers'] - 1}; text {t['source']}: {t['samples_used']} samples x {t['tokens_per_sample']} tokens "

@@ -40,7 +40,7 @@ def render_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
             sections.append(s)
     if not sections:
         raise FileNotFoundError(
-            f"{run_dir} holds no tunetrace outputs (scores.parquet, recruits.parquet, headline.json, summary.json, counts.json): "
+            f"{run_dir} holds no tunetrace outputs (no run.json, nor the record files of older versions): "
             "pass the --out directory of audit, reproduce, diff or features-match."
         )
     title = f"tunetrace report: {Path(run_dir).resolve().name}"

@@ -14,6 +14,7 @@ from typing import Callable
 import simple_parsing as sp
 
 from tunetrace import config as cfg
+from tunetrace.interrupt import interrupt_message, sigterm_as_interrupt
 
 log = logging.getLogger("tunetrace")
 
@@ -221,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     _, runner = COMMANDS[args.command]
     try:
-        return runner(args.config)
-    except KeyboardInterrupt:
-        print("tunetrace: interrupted; finished outputs are intact, partial ones were discarded.", file=sys.stderr)
+        with sigterm_as_interrupt():  # a scheduler's SIGTERM saves state like Ctrl-C
+            return runner(args.config)
+    except KeyboardInterrupt as err:
+        print(interrupt_message(err, argv, "--resume" if hasattr(args.config, "resume") else None), file=sys.stderr)
         return 130
     except _user_errors() as err:
         if args.verbose >= 2:

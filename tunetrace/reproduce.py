@@ -28,6 +28,7 @@ from tunetrace.evaluate import evaluate, headline_markdown, load_audit_dir, load
 from tunetrace.finetune import is_finished, run_finetune, settings_from
 from tunetrace.gated_mlp import gated_mlp_layers, select_layers
 from tunetrace.models import load_model
+from tunetrace.provenance import check_evaluation_inputs
 from tunetrace.recruits import extract_recruits, write_recruits
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
@@ -122,12 +123,14 @@ def run_reproduce(
         raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}).")
     if (out / "run.json").is_file():  # resuming: finished stages are reused, so they must have been made the same way
         previous = io.read_json(out / "run.json")
-        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k)):
+        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k),
+                         ("layers", chosen), ("layer", head_layer), ("base_sha256", base.fingerprint)):
             if previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     check = write_task_data(out, names, sizes)
     io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
-                                     "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
+                                     "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check,
+                                     "base_sha256": base.fingerprint})
 
     from tunetrace.audit import run_audit, write_audit
 
@@ -172,6 +175,7 @@ def run_reproduce(
     start = time.perf_counter()  # 5. evaluate (cheap: always recomputed)
     audits = [load_audit_dir(out / "audit" / n) for n in names]
     recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
+    check_evaluation_inputs(audits, recruits)  # the reused stages belong together, or refuse
     ev = evaluate(audits, recruits, k, head_layer)
     write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
     timed("evaluate", start, accumulate=False)  # recomputed on every invocation: its cost is the last one

@@ -23,6 +23,7 @@ from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope
 from tunetrace.diffing.text import load_text_samples
 from tunetrace.models import LoadedModel, load_model
+from tunetrace.provenance import check_diff_inputs
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def run_diff(c) -> DiffResult:
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     pair = check_pair(base.model, base.tokenizer, ft.model, ft.tokenizer)
+    check_diff_inputs(c.recruits, c.scores, base.manifest(), ft.manifest(), c.finetuned)  # tables of this pair, or refuse
     layer = parse_layer(c.layer, pair.n_layers)
     text = load_text_samples(c.text, base, c.tokens, c.samples, pair.shared_vocab, c.seed)
     log.info("diffing %s vs %s at layer %d on %d samples", c.base, c.finetuned, layer, text.input_ids.shape[0])

@@ -183,9 +183,13 @@ def run_merge_command(c) -> MergeResult:
     from tunetrace.data import encode, load_examples
     from tunetrace.models import load_model, save_checkpoint
 
+    from tunetrace.provenance import check_related, check_same_base
+
     out = io.check_out_dir(c.out, c.force)
+    check_same_base(c.model_a, c.model_b)  # two fine-tunes of one base, or refuse
     a = load_model(c.model_a, dtype=c.dtype)
     b = load_model(c.model_b, dtype=c.dtype)
+    relation = check_related(a.model, b.model, f"{c.model_a} and {c.model_b}")  # warns on unrelated weights
     if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
         raise ValueError("`model_b` has a different tokenizer from `model_a`; merge only fine-tunes of one base.")
     sd_a, sd_b = state_dict_f32(a.model), state_dict_f32(b.model)
@@ -210,6 +214,6 @@ def run_merge_command(c) -> MergeResult:
         save_checkpoint(merged, a.tokenizer, Path(stage))
         io.write_json(Path(stage) / "merge.json", {
             "model_a": a.manifest(), "model_b": b_manifest, "method": c.method, "granularity": c.granularity, "t": result.t,
-            "t_requested": c.t, "crossed": result.crossed, "data_a": c.data_a, "data_b": c.data_b, "curve": result.curve,
+            "t_requested": c.t, "weight_change": relation, "crossed": result.crossed, "data_a": c.data_a, "data_b": c.data_b, "curve": result.curve,
         })
     return result

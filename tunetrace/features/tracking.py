@@ -213,6 +213,7 @@ def recruit_overlap(w_dec: Tensor, recruits: Tensor) -> tuple[Tensor, Tensor]:
 def run_features_link(c) -> dict:
     """CLI wiring for features-link: decoder weight of disappearing/emerging/persisting features on recruited neurons."""
     from tunetrace import io
+    from tunetrace.provenance import check_features_link
 
     fdir = Path(c.features)
     if not (fdir / "manifest.json").exists() or not (fdir / "features.parquet").exists():
@@ -229,6 +230,7 @@ def run_features_link(c) -> dict:
     if missing:
         raise ValueError(f"recruits table {rpath} lacks columns {sorted(missing)} (needs layer, neuron, is_recruit).")
     manifest = io.read_json(fdir / "manifest.json")
+    check_features_link(manifest["saes"], rpath)  # SAEs of the recruits' models, or refuse
     feats = pd.read_parquet(fdir / "features.parquet")
     rows, summary = [], {"recruits": str(rpath.resolve()), "features": str(fdir.resolve()), "groups": []}
     for s, sae_dir in enumerate(manifest["saes"]):

@@ -57,13 +57,19 @@ class RunDir:
         if path is None:
             return {}
         if path not in self._json:
-            with open(path, encoding="utf-8") as f:
-                self._json[path] = json.load(f)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self._json[path] = json.load(f)
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:  # name the file, not just the parser's complaint
+                raise ValueError(f"{path} is not valid JSON ({err}): it is damaged; rerun the command that wrote it") from None
         return self._json[path]  # type: ignore[return-value]
 
     def parquet(self, path: Path) -> pd.DataFrame:
         if path not in self._parquet:
-            self._parquet[path] = pd.read_parquet(path)
+            try:
+                self._parquet[path] = pd.read_parquet(path)
+            except Exception as err:  # pyarrow raises several types for a damaged file
+                raise ValueError(f"{path} cannot be read as Parquet ({type(err).__name__}: {err}): it is damaged; rerun the command that wrote it") from None
         return self._parquet[path]
 
     def sibling_json(self, path: Path, name: str) -> dict:

@@ -20,9 +20,9 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
-from tunetrace.audit import run_audit
+from tunetrace.auditing import run_audit
 from tunetrace.data import load_examples
-from tunetrace.evaluate import resampled_scores, top_k_mask
+from tunetrace.evaluation import resampled_scores, top_k_mask
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model
 

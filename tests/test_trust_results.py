@@ -71,7 +71,7 @@ def test_evaluate_refuses_an_audit_of_another_model(run, tmp_path, capsys):
 
 def test_evaluate_refuses_mixed_audits_definitions_and_calibration_on_eval_data(run, tmp_path, capsys):
     a, b = provenance.ProvenanceError, ValueError
-    from tunetrace.evaluate import load_audit_dir, load_recruits_dir
+    from tunetrace.evaluation import load_audit_dir, load_recruits_dir
 
     audits = [load_audit_dir(run / "audit" / t) for t in ("caps", "greeting")]
     recruits = [load_recruits_dir(run / "recruits" / t) for t in ("caps", "greeting")]
@@ -122,7 +122,7 @@ def test_evaluate_and_audit_refuse_non_finite_scores(run, tmp_path, capsys):
     assert main(_evaluate(run, tmp_path, scores=[str(bad)], recruits=[str(run / "recruits" / "caps")])) == 2
     _one_line_error(capsys, "`iss_x_grad` is not finite", "layer 2")
 
-    from tunetrace.audit import run_audit
+    from tunetrace.auditing import run_audit
     from tunetrace.data import load_examples
     from tunetrace.gated_mlp import gated_mlp_layers
     from tunetrace.models import load_model
@@ -245,7 +245,7 @@ def _setup_finetune():
 
 
 def test_finetune_resume_with_other_settings_is_refused(tmp_path):
-    import tunetrace.finetune as ft
+    import tunetrace.finetuning as ft
     from tunetrace.interrupt import Interrupted
     from tunetrace.tasks import get_task
 
@@ -325,7 +325,7 @@ def test_report_names_a_corrupt_manifest_and_fails_when_nothing_is_drawn(run, tm
 
 
 def test_small_calibration_set_warns_and_is_recorded(tmp_path, caplog):
-    from tunetrace.audit import run_audit
+    from tunetrace.auditing import run_audit
     from tunetrace.data import DataSource, load_examples
     from tunetrace.models import load_model
 

@@ -1,7 +1,6 @@
 """Interrupts (Ctrl-C, SIGTERM from a scheduler) that end a long command with its state saved.
 
-The CLI turns SIGTERM into KeyboardInterrupt (`sigterm_as_interrupt`), so both signals take
-one path. A loop that mutates state in place (a training step) runs each unit inside
+The CLI turns SIGTERM into KeyboardInterrupt, so both signals take one path. A loop that mutates state in place (a training step) runs each unit inside
 `deferred_interrupts()`, so a signal takes effect between units and the saved state is never
 half a step. A command that saved its state raises `Interrupted`, and the CLI prints the
 exact command that resumes it.
@@ -26,23 +25,6 @@ class Interrupted(KeyboardInterrupt):
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does."""
-    if not _main_thread():
-        yield
-        return
-
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager

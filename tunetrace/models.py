@@ -7,6 +7,7 @@ from safetensors (no pickle), and remote code runs only when the caller asks for
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -19,12 +20,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunetrace import io
+from tunetrace.choices import DTYPE_NAMES
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def _smollm2_gguf() -> Path:
@@ -74,6 +76,13 @@ class LoadedModel:
 
     def manifest(self) -> dict:
         return {"spec": self.spec, "source": self.source, "sha256": self.fingerprint, "model_type": self.model.config.model_type}
+
+
+def fresh_copy(loaded: LoadedModel) -> LoadedModel:
+    """An independent copy of a loaded model (weights copied, tokenizer shared), e.g. to fine-tune while keeping the base."""
+    import copy
+
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
 
 
 def cache_root() -> Path:

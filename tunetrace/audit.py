@@ -367,9 +367,10 @@ def run_audit_command(config) -> AuditResult | None:
     from tunetrace import io
     from tunetrace.data import encode_example, open_stream
     from tunetrace.gated_mlp import select_layers
+    from tunetrace.memory import check_batch_fits
     from tunetrace.models import load_model
 
-    io.check_out_dir(config.out, config.force, what="audit output")  # fail before any work
+    io.check_out_dir(config.out, config.force, what="audit output", inputs=io.input_paths(config))  # fail before any work
     if config.sort_by not in PREDICTORS:
         raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -379,8 +380,9 @@ def run_audit_command(config) -> AuditResult | None:
         config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
         device_map=config.device_map or None,
     )
-    for example in data:  # tokenize once up front: a too-long example fails before the pass
-        encode_example(loaded.tokenizer, example, config.max_length, data.name)
+    # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass
+    longest = max(len(encode_example(loaded.tokenizer, example, config.max_length, data.name).input_ids) for example in data)
+    check_batch_fits(loaded.model, min(config.batch_size, data.n_examples), longest)
     n_layers = len(gated_mlp_layers(loaded.model))
     layers = select_layers(n_layers, config.layers)
     per_example = select_layers(n_layers, config.per_example_layers) if config.per_example_layers else []

@@ -392,7 +392,7 @@ def run_evaluate_command(config) -> Evaluation:
     """`tunetrace evaluate`: read audit(s) and recruits, compute, write, return the evaluation."""
     from tunetrace import io
 
-    io.check_out_dir(config.out, config.force, what="evaluation output")
+    io.check_out_dir(config.out, config.force, what="evaluation output", inputs=io.input_paths(config))
     audits = [load_audit_dir(p) for p in config.scores]
     recruits = [load_recruits_dir(p) for p in config.recruits]
     if config.definition or config.act_quantile != -1.0 or config.z_quantile != -1.0:

@@ -350,6 +350,7 @@ def run_finetune_command(config) -> FinetuneResult:
         seed=config.seed, batch_size=config.batch_size, save_every=config.save_every,
     )
     out = Path(config.out)
+    io.check_out_dir(out, force=True, what="fine-tune output", inputs=io.input_paths(config))  # replaceable, writable: before any work
     if is_finished(out) and not (config.force or config.resume):
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)

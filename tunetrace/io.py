@@ -89,6 +89,32 @@ def read_json(path: str | os.PathLike) -> Any:
         ) from None
 
 
+def decode_text(raw: bytes, name: str, first_line: int = 1) -> str:
+    """UTF-8 bytes to text (a leading BOM dropped); bad bytes fail with one line naming `name`, line and column."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + raw.count(b"\n", 0, err.start)
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        raise ValueError(
+            f"{name}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); save the file as UTF-8."
+        ) from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text input file, or one line saying why not (missing, a directory, unreadable, not UTF-8)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {path} is a directory, not a file: give the file inside it.")
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist.")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read ({err.strerror}).") from None
+    return decode_text(raw, str(path))
+
+
 def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:
     """Write a DataFrame as Parquet atomically."""
     with atomic_path(path) as tmp:

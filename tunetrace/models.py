@@ -2,7 +2,11 @@
 
 GGUF files are dequantized once and cached as an ordinary safetensors checkpoint, so the
 second load is a plain `from_pretrained` of a local directory. Weights are only ever read
-from safetensors (no pickle), and remote code runs only when the caller asks for it.
+from safetensors (no pickle) unless the caller passes `allow_pickle`, and remote code runs only
+when the caller asks for it. Every load is checked: a corrupt config or weight file is one line
+naming it, a NaN/Inf weight is refused (tunetrace.finite), and the fingerprint is the sha256 of
+the weight files actually loaded (an adapter's own files included). The caches under
+`cache_root()` are disposable: a corrupt entry is rebuilt, with a warning, never an error.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunetrace import io
+from tunetrace.finite import check_finite_weights
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
@@ -69,6 +75,11 @@ class LoadedModel:
     load_seconds: float
 
     @property
+    def context_length(self) -> int:
+        """The longest sequence the model takes (also set as the tokenizer's `model_max_length`)."""
+        return context_length(self.model.config, self.tokenizer)
+
+    @property
     def n_layers(self) -> int:
         return len(gated_mlp_layers(self.model))
 
@@ -93,16 +104,21 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     device_map: str | None = None,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load `spec` (see module docstring) in eval mode on `device`; fail with one clear line.
 
     `device_map` (e.g. "auto") shards a large model across devices instead of moving it.
+    `allow_pickle` lets a directory or adapter with only `.bin` weights load (read by
+    `torch.load(weights_only=True)`); without it such a model is refused.
     """
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
     extra = {"device_map": device_map} if device_map else {}
-    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code, **extra)
+    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code, allow_pickle, **extra)
     gated_mlp_layers(model)  # fails now, clearly, for a model with no gated MLP
+    check_finite_weights(model, f"model {spec}")
+    tokenizer.model_max_length = context_length(model.config, tokenizer)  # data.encode_example refuses longer examples
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -112,7 +128,14 @@ def load_model(
     return LoadedModel(model, tokenizer, spec, source, fingerprint, time.perf_counter() - start)
 
 
-def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
+def context_length(config, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's context: the smaller of config `max_position_embeddings` and a real tokenizer `model_max_length`."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1 << 40]  # 1e30 is transformers' "unknown"
+    return min(limits) if limits else 1 << 20
+
+
+def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False, **from_pretrained):
     if spec in TINY_MODELS:
         model = tiny_model(spec, dtype=dtype)
         return model, tiny_tokenizer(), f"builtin:{spec}", _params_sha256(model)
@@ -122,7 +145,7 @@ def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrai
     if path.is_file() and path.suffix == ".gguf":
         return _load_gguf(path, dtype, **from_pretrained)
     if path.is_dir():
-        return _load_local_dir(path, dtype, trust_remote_code, **from_pretrained)
+        return _load_local_dir(path, dtype, trust_remote_code, allow_pickle, **from_pretrained)
     if path.exists():
         raise ModelSpecError(f"model {spec!r} is a file but not a .gguf: give a .gguf file or a Hugging Face model directory.")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
@@ -132,34 +155,106 @@ def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrai
     )
 
 
-def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
+def _read_config(path: Path) -> dict:
+    """A model or adapter JSON config, or one line naming the file and what is wrong with it."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = "not UTF-8" if isinstance(err, UnicodeDecodeError) else f"not valid JSON: {err.msg} at line {err.lineno}"
+        raise ModelSpecError(f"{path} is {why}; restore the file from the model's original source.") from None
+    if not isinstance(config, dict):
+        raise ModelSpecError(f"{path} is not a JSON object; restore the file from the model's original source.")
+    return config
+
+
+def _check_safetensors(paths: list[Path]) -> None:
+    """Open each file's header (cheap): a truncated or corrupt weight file fails here, naming it."""
+    from safetensors import safe_open
+
+    for p in paths:
+        try:
+            with safe_open(str(p), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError has no stable import path across versions
+            raise ModelSpecError(
+                f"{p} is not a readable safetensors file ({str(err).splitlines()[0]}): it is truncated or corrupt; download or copy it again."
+            ) from None
+
+
+def _pickle_weights(path: Path, names: tuple[str, ...], allow_pickle: bool, what: str) -> list[Path]:
+    """`.bin` weight files, allowed only on request (they are pickles)."""
+    weights = sorted(p for n in names for p in path.glob(n))
+    if weights and not allow_pickle:
+        raise ModelSpecError(
+            f"{what} {path} has only pickle weights ({weights[0].name}): tunetrace loads safetensors only; "
+            "convert them to safetensors, or pass --allow-pickle if you trust the file."
+        )
+    return weights
+
+
+def _from_pretrained(path: Path, **kwargs):
+    """Model and tokenizer of a checked directory; any remaining load failure is one line naming the directory."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()  # a local load takes a second: no "Loading weights" bar on stderr
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "tokenizer_kwargs"})
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs.get("tokenizer_kwargs", {}))
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not load the model in {path} ({first}): check its files against the original.") from None
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
+    return model, tokenizer
+
+
+def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False, **from_pretrained):
     if (path / "adapter_config.json").exists():
-        return _load_adapter(path, dtype, trust_remote_code)
+        return _load_adapter(path, dtype, trust_remote_code, allow_pickle)
     if not (path / "config.json").exists():
         raise ModelSpecError(f"directory {path} has no config.json: point at a Hugging Face model directory.")
+    _read_config(path / "config.json")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        if (path / name).exists():
+            _read_config(path / name)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        raise ModelSpecError(
-            f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
-        )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **from_pretrained
+        weights = _pickle_weights(path, ("pytorch_model*.bin",), allow_pickle, "directory")
+        if not weights:
+            raise ModelSpecError(
+                f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
+            )
+    _check_safetensors([p for p in weights if p.suffix == ".safetensors"])
+    model, tokenizer = _from_pretrained(
+        path, dtype=dtype, use_safetensors=weights[0].suffix == ".safetensors", trust_remote_code=trust_remote_code,
+        tokenizer_kwargs={"trust_remote_code": trust_remote_code}, **from_pretrained,
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer, str(path.resolve()), _files_sha256(weights)
 
 
-def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):
+def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False):
     """A peft adapter directory: load its base (any spec we resolve), then the adapter, merged."""
     from peft import PeftModel
 
-    base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base_spec = _read_config(path / "adapter_config.json").get("base_model_name_or_path")
     if not base_spec:
         raise ModelSpecError(f"adapter {path} names no base model (base_model_name_or_path).")
-    base, tokenizer, base_source, base_hash = _load(base_spec, dtype, trust_remote_code)
-    model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    weights = sorted(path.glob("*.safetensors"))
-    fingerprint = io.sha256_bytes((base_hash + _files_sha256(weights)).encode())
+    weights = sorted(path.glob("adapter_model.safetensors"))  # what peft loads first
+    _check_safetensors(weights)
+    if not weights:
+        weights = _pickle_weights(path, ("adapter_model.bin",), allow_pickle, "adapter")
+    if not weights:
+        raise ModelSpecError(f"adapter {path} has no adapter_model.safetensors: point at a saved peft adapter directory.")
+    base, tokenizer, base_source, base_hash = _load(base_spec, dtype, trust_remote_code, allow_pickle)
+    try:
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not apply the adapter in {path} to {base_spec} ({first}): check that it was trained on that base.") from None
+    # The adapter's weights and its config (rank, alpha, targets) both change the merged model.
+    fingerprint = io.sha256_bytes((base_hash + _files_sha256([*weights, path / "adapter_config.json"])).encode())
     return model, tokenizer, f"{path.resolve()} (adapter on {base_source})", fingerprint
 
 
@@ -198,7 +293,20 @@ def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pre
         ) from None
     finally:
         hub_constants.HF_HUB_OFFLINE = was_offline
-    return model, tokenizer, f"hub:{spec}", getattr(model.config, "_commit_hash", None) or spec
+    return model, tokenizer, f"hub:{spec}", _hub_fingerprint(spec, getattr(model.config, "_commit_hash", None))
+
+
+def _hub_fingerprint(spec: str, commit: str | None) -> str:
+    """sha256 of the hub model's weight files as cached locally; the commit hash only if they cannot be found."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(spec, revision=commit, local_files_only=True, allow_patterns=["*.safetensors"]))
+        weights = sorted(folder.glob("*.safetensors"))
+    except Exception as err:  # the hub client raises several unrelated types for "not in the cache"
+        log.warning("could not find the weight files of %s in the HF cache (%s); fingerprinting it by commit", spec, type(err).__name__)
+        weights = []
+    return _files_sha256(weights) if weights else (commit or spec)
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
@@ -210,10 +318,19 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
     cached = cache_root() / "gguf" / f"{gguf.stem}-{key}"
     if not (cached / "tunetrace_source.json").exists():
         _dequantize_to_cache(gguf, cached)
-    info = io.read_json(cached / "tunetrace_source.json")
-    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(cached)
-    return model, tokenizer, str(gguf), info["gguf_sha256"]
+    try:  # the cache is disposable: a damaged entry is rebuilt, not an error
+        info = io.read_json(cached / "tunetrace_source.json")
+        _check_safetensors(sorted(cached.glob("*.safetensors")))
+        model, tokenizer = _from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
+        sha = info["gguf_sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("cached checkpoint %s is damaged (%s); rebuilding it from %s", cached, str(err)[:200], gguf.name)
+        shutil.rmtree(cached, ignore_errors=True)  # ours, under the cache root
+        _dequantize_to_cache(gguf, cached)
+        info = io.read_json(cached / "tunetrace_source.json")
+        model, tokenizer = _from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
+        sha = info["gguf_sha256"]
+    return model, tokenizer, str(gguf), sha
 
 
 def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
@@ -231,7 +348,14 @@ def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
 def _files_sha256(paths: list[Path]) -> str:
     """sha256 over weight files, memoised by (path, size, mtime) so large checkpoints hash once."""
     memo_path = cache_root() / "hashes.json"
-    memo = io.read_json(memo_path) if memo_path.exists() else {}
+    try:
+        memo = io.read_json(memo_path) if memo_path.exists() else {}
+    except (OSError, ValueError) as err:  # a cache is disposable: rebuild it rather than block every load
+        log.warning("ignoring the damaged hash cache %s (%s); it will be rebuilt", memo_path, type(err).__name__)
+        memo = {}
+    if not isinstance(memo, dict) or not all(isinstance(v, str) for v in memo.values()):
+        log.warning("ignoring the hash cache %s (not a table of digests); it will be rebuilt", memo_path)
+        memo = {}
     digests = []
     for p in paths:
         st = p.stat()

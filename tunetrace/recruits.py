@@ -278,7 +278,7 @@ def run_recruits_command(config) -> RecruitsResult:
     from tunetrace.gated_mlp import select_layers
     from tunetrace.models import load_model
 
-    io.check_out_dir(config.out, config.force, what="recruits output")
+    io.check_out_dir(config.out, config.force, what="recruits output", inputs=io.input_paths(config))
     data = load_examples(config.data, split="eval")
     base = load_model(config.base, dtype=config.dtype, device=config.device)
     ft = load_model(config.finetuned, dtype=config.dtype, device=config.device)

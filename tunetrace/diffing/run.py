@@ -130,7 +130,7 @@ def _steer(c, base: LoadedModel, ft: LoadedModel, lens, layer: int, shared: int,
 def run_diff(c) -> DiffResult:
     """Run every analysis of `tunetrace diff` and write c.out; returns the summary dict."""
     start = time.perf_counter()
-    io.check_out_dir(c.out, c.force)
+    io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     torch.manual_seed(c.seed)
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)

@@ -58,8 +58,11 @@ def dir_mode() -> int:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `target`; move it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise OutDirError(f"cannot write {target}: {err.strerror} ({err.filename}); choose another path or fix its permissions.") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -113,6 +116,27 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     except OSError as err:
         raise ValueError(f"{what} {path} cannot be read ({err.strerror}).") from None
     return decode_text(raw, str(path))
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet table; a truncated or corrupt one fails with a line naming the file."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path} is not a readable Parquet table ({first}): the file is corrupt; rerun the command that wrote it.") from None
+
+
+def read_safetensors(path: str | os.PathLike, framework: str = "pt") -> dict:
+    """Read a safetensors file into tensors (framework "pt") or arrays ("numpy"); a corrupt one is named."""
+    import importlib
+
+    load_file = importlib.import_module(f"safetensors.{'torch' if framework == 'pt' else framework}").load_file
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError has no stable import path across versions
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path} is not a readable safetensors file ({first}): it is truncated or corrupt; rerun the command that wrote it.") from None
 
 
 def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:

@@ -224,12 +224,12 @@ def run_features_link(c) -> dict:
     for name in ("link.parquet", "link.json"):
         if (out / name).exists() and not c.force:
             raise FileExistsError(f"{out / name} already exists: pass --force to overwrite it.")
-    rec = pd.read_parquet(rpath)
+    rec = io.read_parquet(rpath)
     missing = {"layer", "neuron", "is_recruit"} - set(rec.columns)
     if missing:
         raise ValueError(f"recruits table {rpath} lacks columns {sorted(missing)} (needs layer, neuron, is_recruit).")
     manifest = io.read_json(fdir / "manifest.json")
-    feats = pd.read_parquet(fdir / "features.parquet")
+    feats = io.read_parquet(fdir / "features.parquet")
     rows, summary = [], {"recruits": str(rpath.resolve()), "features": str(fdir.resolve()), "groups": []}
     for s, sae_dir in enumerate(manifest["saes"]):
         sae = TopKSae.load(sae_dir)

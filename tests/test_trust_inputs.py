@@ -159,7 +159,7 @@ def read_only_dir(tmp_path):
         yield target
         target.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tunetrace-test", str(target)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tunetrace-test", str(target)], capture_output=True, check=False)
     if mounted.returncode != 0:
         pytest.skip("running as root without permission to mount a read-only tmpfs")
     try:
@@ -281,7 +281,7 @@ def test_corrupt_result_files_are_named(capsys, tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TUNETRACE_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "tunetrace", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tunetrace", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _one_line(stderr: str) -> list[str]:

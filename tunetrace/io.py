@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -131,10 +132,12 @@ def read_safetensors(path: str | os.PathLike, framework: str = "pt") -> dict:
     """Read a safetensors file into tensors (framework "pt") or arrays ("numpy"); a corrupt one is named."""
     import importlib
 
+    from safetensors import SafetensorError
+
     load_file = importlib.import_module(f"safetensors.{'torch' if framework == 'pt' else framework}").load_file
     try:
         return load_file(str(path))
-    except Exception as err:  # SafetensorError has no stable import path across versions
+    except (SafetensorError, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{path} is not a readable safetensors file ({first}): it is truncated or corrupt; rerun the command that wrote it.") from None
 

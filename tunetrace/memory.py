@@ -86,7 +86,9 @@ def check_batch_fits(
     free = free_bytes(device)
     log.debug("batch %d x %d tokens: estimated %.2f GB, free %s", batch_size, seq_len, need.total / 1e9, free)
     if free is not None and need.total > free:
-        gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+        def gb(n: int) -> str:
+            return f"{n / 1e9:.1f} GB"
+
         raise BatchTooLargeError(
             f"a batch of {batch_size} x {seq_len} tokens needs about {gb(need.total)} (activations {gb(need.activations)}, "
             f"attention {gb(need.attention)}, logits {gb(need.logits)}; estimate in tunetrace/memory.py) but {device} has "

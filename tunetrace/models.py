@@ -12,7 +12,6 @@ the weight files actually loaded (an adapter's own files included). The caches u
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -21,11 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from tunetrace import io
+from tunetrace import io, model_files
 from tunetrace.finite import check_finite_weights
 from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.model_files import ModelSpecError, cache_root
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,10 +64,6 @@ BUILTIN_GGUF = {
 BUILTIN_MODELS = tuple(BUILTIN_GGUF) + TINY_MODELS
 
 
-class ModelSpecError(ValueError):
-    """The model spec cannot be resolved or loaded; the message says how to fix it."""
-
-
 @dataclass
 class LoadedModel:
     """A model ready for analysis, with what a manifest needs to name it exactly."""
@@ -85,11 +86,6 @@ class LoadedModel:
 
     def manifest(self) -> dict:
         return {"spec": self.spec, "source": self.source, "sha256": self.fingerprint, "model_type": self.model.config.model_type}
-
-
-def cache_root() -> Path:
-    """Where dequantized GGUF checkpoints and other caches live (`TUNETRACE_CACHE` overrides)."""
-    return Path(os.environ.get("TUNETRACE_CACHE", Path.home() / ".cache" / "tunetrace"))
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -138,7 +134,7 @@ def context_length(config, tokenizer: PreTrainedTokenizerBase) -> int:
 def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False, **from_pretrained):
     if spec in TINY_MODELS:
         model = tiny_model(spec, dtype=dtype)
-        return model, tiny_tokenizer(), f"builtin:{spec}", _params_sha256(model)
+        return model, tiny_tokenizer(), f"builtin:{spec}", model_files.params_sha256(model)
     if spec in BUILTIN_GGUF:
         return _load_gguf(BUILTIN_GGUF[spec](), dtype, **from_pretrained)
     path = Path(spec).expanduser()
@@ -153,43 +149,6 @@ def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: 
     raise ModelSpecError(
         f"model {spec!r} not found: give a local directory, a .gguf file, a hub id (org/name) or one of {', '.join(BUILTIN_MODELS)}."
     )
-
-
-def _read_config(path: Path) -> dict:
-    """A model or adapter JSON config, or one line naming the file and what is wrong with it."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        why = "not UTF-8" if isinstance(err, UnicodeDecodeError) else f"not valid JSON: {err.msg} at line {err.lineno}"
-        raise ModelSpecError(f"{path} is {why}; restore the file from the model's original source.") from None
-    if not isinstance(config, dict):
-        raise ModelSpecError(f"{path} is not a JSON object; restore the file from the model's original source.")
-    return config
-
-
-def _check_safetensors(paths: list[Path]) -> None:
-    """Open each file's header (cheap): a truncated or corrupt weight file fails here, naming it."""
-    from safetensors import safe_open
-
-    for p in paths:
-        try:
-            with safe_open(str(p), framework="pt"):
-                pass
-        except Exception as err:  # SafetensorError has no stable import path across versions
-            raise ModelSpecError(
-                f"{p} is not a readable safetensors file ({str(err).splitlines()[0]}): it is truncated or corrupt; download or copy it again."
-            ) from None
-
-
-def _pickle_weights(path: Path, names: tuple[str, ...], allow_pickle: bool, what: str) -> list[Path]:
-    """`.bin` weight files, allowed only on request (they are pickles)."""
-    weights = sorted(p for n in names for p in path.glob(n))
-    if weights and not allow_pickle:
-        raise ModelSpecError(
-            f"{what} {path} has only pickle weights ({weights[0].name}): tunetrace loads safetensors only; "
-            "convert them to safetensors, or pass --allow-pickle if you trust the file."
-        )
-    return weights
 
 
 def _from_pretrained(path: Path, **kwargs):
@@ -215,36 +174,36 @@ def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, all
         return _load_adapter(path, dtype, trust_remote_code, allow_pickle)
     if not (path / "config.json").exists():
         raise ModelSpecError(f"directory {path} has no config.json: point at a Hugging Face model directory.")
-    _read_config(path / "config.json")
+    model_files.read_config(path / "config.json")
     for name in ("tokenizer_config.json", "tokenizer.json"):
         if (path / name).exists():
-            _read_config(path / name)
+            model_files.read_config(path / name)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        weights = _pickle_weights(path, ("pytorch_model*.bin",), allow_pickle, "directory")
+        weights = model_files.pickle_weights(path, ("pytorch_model*.bin",), allow_pickle, "directory")
         if not weights:
             raise ModelSpecError(
                 f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
             )
-    _check_safetensors([p for p in weights if p.suffix == ".safetensors"])
+    model_files.check_safetensors([p for p in weights if p.suffix == ".safetensors"])
     model, tokenizer = _from_pretrained(
         path, dtype=dtype, use_safetensors=weights[0].suffix == ".safetensors", trust_remote_code=trust_remote_code,
         tokenizer_kwargs={"trust_remote_code": trust_remote_code}, **from_pretrained,
     )
-    return model, tokenizer, str(path.resolve()), _files_sha256(weights)
+    return model, tokenizer, str(path.resolve()), model_files.files_sha256(weights)
 
 
 def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False):
     """A peft adapter directory: load its base (any spec we resolve), then the adapter, merged."""
     from peft import PeftModel
 
-    base_spec = _read_config(path / "adapter_config.json").get("base_model_name_or_path")
+    base_spec = model_files.read_config(path / "adapter_config.json").get("base_model_name_or_path")
     if not base_spec:
         raise ModelSpecError(f"adapter {path} names no base model (base_model_name_or_path).")
     weights = sorted(path.glob("adapter_model.safetensors"))  # what peft loads first
-    _check_safetensors(weights)
+    model_files.check_safetensors(weights)
     if not weights:
-        weights = _pickle_weights(path, ("adapter_model.bin",), allow_pickle, "adapter")
+        weights = model_files.pickle_weights(path, ("adapter_model.bin",), allow_pickle, "adapter")
     if not weights:
         raise ModelSpecError(f"adapter {path} has no adapter_model.safetensors: point at a saved peft adapter directory.")
     base, tokenizer, base_source, base_hash = _load(base_spec, dtype, trust_remote_code, allow_pickle)
@@ -254,7 +213,7 @@ def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ModelSpecError(f"could not apply the adapter in {path} to {base_spec} ({first}): check that it was trained on that base.") from None
     # The adapter's weights and its config (rank, alpha, targets) both change the merged model.
-    fingerprint = io.sha256_bytes((base_hash + _files_sha256([*weights, path / "adapter_config.json"])).encode())
+    fingerprint = io.sha256_bytes((base_hash + model_files.files_sha256([*weights, path / "adapter_config.json"])).encode())
     return model, tokenizer, f"{path.resolve()} (adapter on {base_source})", fingerprint
 
 
@@ -293,20 +252,7 @@ def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pre
         ) from None
     finally:
         hub_constants.HF_HUB_OFFLINE = was_offline
-    return model, tokenizer, f"hub:{spec}", _hub_fingerprint(spec, getattr(model.config, "_commit_hash", None))
-
-
-def _hub_fingerprint(spec: str, commit: str | None) -> str:
-    """sha256 of the hub model's weight files as cached locally; the commit hash only if they cannot be found."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(spec, revision=commit, local_files_only=True, allow_patterns=["*.safetensors"]))
-        weights = sorted(folder.glob("*.safetensors"))
-    except Exception as err:  # the hub client raises several unrelated types for "not in the cache"
-        log.warning("could not find the weight files of %s in the HF cache (%s); fingerprinting it by commit", spec, type(err).__name__)
-        weights = []
-    return _files_sha256(weights) if weights else (commit or spec)
+    return model, tokenizer, f"hub:{spec}", model_files.hub_fingerprint(spec, getattr(model.config, "_commit_hash", None))
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
@@ -320,7 +266,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
         _dequantize_to_cache(gguf, cached)
     try:  # the cache is disposable: a damaged entry is rebuilt, not an error
         info = io.read_json(cached / "tunetrace_source.json")
-        _check_safetensors(sorted(cached.glob("*.safetensors")))
+        model_files.check_safetensors(sorted(cached.glob("*.safetensors")))
         model, tokenizer = _from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
         sha = info["gguf_sha256"]
     except (ValueError, KeyError, TypeError) as err:
@@ -340,44 +286,12 @@ def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
         raise ModelSpecError(f"loading GGUF needs the `gguf` package: pip install gguf ({err}).") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not read GGUF file {gguf} ({first}): it is truncated or corrupt; download it again.") from None
     with io.staged_dir(cached, force=True, what="cache") as stage:
         save_checkpoint(model, tokenizer, stage)
         io.write_json(stage / "tunetrace_source.json", {"gguf": str(gguf), "gguf_sha256": io.sha256_file(gguf)})
-
-
-def _files_sha256(paths: list[Path]) -> str:
-    """sha256 over weight files, memoised by (path, size, mtime) so large checkpoints hash once."""
-    memo_path = cache_root() / "hashes.json"
-    try:
-        memo = io.read_json(memo_path) if memo_path.exists() else {}
-    except (OSError, ValueError) as err:  # a cache is disposable: rebuild it rather than block every load
-        log.warning("ignoring the damaged hash cache %s (%s); it will be rebuilt", memo_path, type(err).__name__)
-        memo = {}
-    if not isinstance(memo, dict) or not all(isinstance(v, str) for v in memo.values()):
-        log.warning("ignoring the hash cache %s (not a table of digests); it will be rebuilt", memo_path)
-        memo = {}
-    digests = []
-    for p in paths:
-        st = p.stat()
-        key = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = io.sha256_file(p)
-        digests.append(memo[key])
-    try:
-        io.write_json(memo_path, memo)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
-    return digests[0] if len(digests) == 1 else io.sha256_bytes("".join(digests).encode())
-
-
-def _params_sha256(model: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

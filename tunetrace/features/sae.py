@@ -136,7 +136,10 @@ class TopKSae(nn.Module):
         path = Path(path)
         if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not an SAE directory (needs cfg.json and sae.safetensors); train one with `tunetrace sae-train`.")
-        sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
+        try:
+            sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
+        except TypeError as err:  # unknown or missing fields
+            raise ValueError(f"{path / 'cfg.json'} is not an SAE config ({err}); retrain with `tunetrace sae-train`.") from None
         sae.load_state_dict(io.read_safetensors(path / "sae.safetensors"))
         return sae
 

@@ -11,6 +11,7 @@ the weight files actually loaded (an adapter's own files included). The caches u
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -28,6 +29,7 @@ from transformers import (
 )
 
 from tunetrace import io, model_files
+from tunetrace.choices import DTYPE_NAMES
 from tunetrace.finite import check_finite_weights
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.model_files import ModelSpecError, cache_root
@@ -35,7 +37,7 @@ from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def _smollm2_gguf() -> Path:
@@ -86,6 +88,13 @@ class LoadedModel:
 
     def manifest(self) -> dict:
         return {"spec": self.spec, "source": self.source, "sha256": self.fingerprint, "model_type": self.model.config.model_type}
+
+
+def fresh_copy(loaded: LoadedModel) -> LoadedModel:
+    """An independent copy of a loaded model (weights copied, tokenizer shared), e.g. to fine-tune while keeping the base."""
+    import copy
+
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
 
 
 def parse_dtype(name: str) -> torch.dtype:

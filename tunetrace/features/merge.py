@@ -15,7 +15,6 @@ Both are tested against mergekit's own `slerp` when it is installed.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -119,23 +118,6 @@ def equilibrium_t(ts: Sequence[float], loss_a: Sequence[float], loss_b: Sequence
     return float(ts[int(np.argmin(np.abs(diff)))]), False
 
 
-@torch.no_grad()
-def response_loss(model: torch.nn.Module, encoded: list, batch_size: int, pad_id: int) -> float:
-    """Mean next-token cross-entropy over response tokens (the fine-tuning loss)."""
-    from tunetrace.data import iter_batches
-
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in iter_batches(encoded, batch_size, pad_id):
-        batch = batch.to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)  # [batch, seq]
-        total += float(nll[batch.loss_mask].double().sum())
-        count += batch.n_loss_tokens
-    return total / max(count, 1)
-
-
 @dataclass
 class MergeResult:
     """The merged model's t, and the loss curve when t was scanned."""
@@ -175,41 +157,3 @@ def state_dict_f32(model: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run_merge_command(c) -> MergeResult:
-    """CLI wiring: load A and B, pick t (given or scanned), write the merged checkpoint and merge.json."""
-    from pathlib import Path
-
-    from tunetrace import io
-    from tunetrace.data import encode, load_examples
-    from tunetrace.models import load_model, save_checkpoint
-
-    out = io.check_out_dir(c.out, c.force)
-    a = load_model(c.model_a, dtype=c.dtype)
-    b = load_model(c.model_b, dtype=c.dtype)
-    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
-        raise ValueError("`model_b` has a different tokenizer from `model_a`; merge only fine-tunes of one base.")
-    sd_a, sd_b = state_dict_f32(a.model), state_dict_f32(b.model)
-    merged = copy.deepcopy(a.model)
-    b_manifest = b.manifest()
-    del b
-    if c.t == "auto":
-        pad = a.tokenizer.pad_token_id
-        enc_a = encode(a.tokenizer, load_examples(c.data_a), c.max_length)[: c.max_examples]
-        enc_b = encode(a.tokenizer, load_examples(c.data_b), c.max_length)[: c.max_examples]
-        grid = np.linspace(0.0, 1.0, c.steps).tolist()
-        result = scan_t(
-            merged, sd_a, sd_b,
-            lambda m: response_loss(m, enc_a, c.batch_size, pad),
-            lambda m: response_loss(m, enc_b, c.batch_size, pad),
-            grid, c.method, c.granularity,
-        )
-    else:
-        result = MergeResult(float(c.t), c.method, [], None)
-    merged.load_state_dict(merge_state_dicts(sd_a, sd_b, result.t, c.method, c.granularity))
-    with io.staged_dir(out, c.force) as stage:
-        save_checkpoint(merged, a.tokenizer, Path(stage))
-        io.write_json(Path(stage) / "merge.json", {
-            "model_a": a.manifest(), "model_b": b_manifest, "method": c.method, "granularity": c.granularity, "t": result.t,
-            "t_requested": c.t, "crossed": result.crossed, "data_a": c.data_a, "data_b": c.data_b, "curve": result.curve,
-        })
-    return result

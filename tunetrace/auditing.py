@@ -10,7 +10,6 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from tunetrace import __version__
 from tunetrace.data import DataSource, StreamingSource, stream_batches
-from tunetrace.distributed import all_reduce_state, barrier, init_from_env
+from tunetrace.distributed import all_reduce_state, init_from_env
+from tunetrace.forward import response_loss_sum
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
@@ -193,18 +193,6 @@ class AuditResult:
     per_example: dict[str, Tensor]
 
 
-def _loss_sum(model, batch) -> Tensor:
-    """Summed cross-entropy of the response tokens, computing logits only where needed."""
-    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, use_cache=False
-    )
-    sub_mask = batch.loss_mask[:, columns]
-    logits = out.logits[sub_mask].float()
-    targets = batch.targets[:, columns][sub_mask]
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-
-
 def token_rows(batch) -> TokenRows:
     flat = batch.loss_mask.reshape(-1).nonzero().squeeze(1)
     seq = batch.loss_mask.shape[1]
@@ -249,7 +237,7 @@ def accumulate(
                 probe.rows = rows
             stats.state["input_tokens"] += int(batch.attention_mask.sum())
             with torch.set_grad_enabled(need_backward):
-                loss = _loss_sum(model, batch)
+                loss = response_loss_sum(model, batch)
                 if need_backward:
                     loss.backward()
     return stats
@@ -351,46 +339,4 @@ def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
         io.write_json(stage / "manifest.json", result.manifest)
 
 
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """'auto' -> cuda (this rank's GPU) when available, else cpu; anything else as given."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"`device` {device!r} asked for, but torch sees no CUDA device: use --device cpu.")
-    return device
 
-
-def run_audit_command(config) -> AuditResult | None:
-    """`tunetrace audit`: load, score, write (rank 0), and return the result (None on other ranks)."""
-    from tunetrace import io
-    from tunetrace.data import encode_example, open_stream
-    from tunetrace.gated_mlp import select_layers
-    from tunetrace.memory import check_batch_fits
-    from tunetrace.models import load_model
-
-    io.check_out_dir(config.out, config.force, what="audit output", inputs=io.input_paths(config))  # fail before any work
-    if config.sort_by not in PREDICTORS:
-        raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    world = init_from_env(device)
-    data = open_stream(config.data)
-    loaded = load_model(
-        config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
-        device_map=config.device_map or None,
-    )
-    # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass
-    longest = max(len(encode_example(loaded.tokenizer, example, config.max_length, data.name).input_ids) for example in data)
-    check_batch_fits(loaded.model, min(config.batch_size, data.n_examples), longest)
-    n_layers = len(gated_mlp_layers(loaded.model))
-    layers = select_layers(n_layers, config.layers)
-    per_example = select_layers(n_layers, config.per_example_layers) if config.per_example_layers else []
-    if not set(per_example) <= set(layers):
-        raise ValueError("`per_example_layers` must be among the audited `layers`.")
-    result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example)
-    result.manifest["config"] = {k: v for k, v in vars(config).items()}
-    if world.is_main:
-        write_audit(result, config.out, config.force)
-    barrier()
-    return result if world.is_main else None

@@ -262,16 +262,14 @@ def _verdict(h: dict) -> str:
 
 def load_audit_dir(path: str | Path) -> AuditRun:
     """scores.parquet (+ manifest.json, per_example.safetensors) of a `tunetrace audit` output."""
-    from safetensors.numpy import load_file
-
     from tunetrace import io
 
     path = Path(path)
     if not (path / "scores.parquet").is_file():
         raise FileNotFoundError(f"{path} has no scores.parquet: pass the --out directory of `tunetrace audit`.")
     manifest = io.read_json(path / "manifest.json") if (path / "manifest.json").is_file() else {}
-    per_example = load_file(str(path / "per_example.safetensors")) if (path / "per_example.safetensors").is_file() else {}
-    return AuditRun(path.name, pd.read_parquet(path / "scores.parquet"), manifest, per_example)
+    per_example = io.read_safetensors(path / "per_example.safetensors", "numpy") if (path / "per_example.safetensors").is_file() else {}
+    return AuditRun(path.name, io.read_parquet(path / "scores.parquet"), manifest, per_example)
 
 
 def load_recruits_dir(path: str | Path) -> RecruitRun:
@@ -282,7 +280,7 @@ def load_recruits_dir(path: str | Path) -> RecruitRun:
     if not (path / "recruits.parquet").is_file():
         raise FileNotFoundError(f"{path} has no recruits.parquet: pass the --out directory of `tunetrace recruits`.")
     info = io.read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
-    return RecruitRun(info.get("task") or path.name, pd.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
+    return RecruitRun(info.get("task") or path.name, io.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
 
 
 def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float = -1.0, z_quantile: float = -1.0) -> RecruitRun:

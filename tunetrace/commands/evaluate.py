@@ -8,7 +8,7 @@ def run(config) -> int:
     from tunetrace.provenance import check_evaluation_inputs
     from tunetrace.evaluation import evaluate, load_audit_dir, load_recruits_dir, pr_curves, regrade, write_evaluation
 
-    io.check_out_dir(config.out, config.force, what="evaluation output")
+    io.check_out_dir(config.out, config.force, what="evaluation output", inputs=io.input_paths(config))
     audits = [load_audit_dir(p) for p in config.scores]
     recruits = [load_recruits_dir(p) for p in config.recruits]
     if config.definition or config.act_quantile != -1.0 or config.z_quantile != -1.0:

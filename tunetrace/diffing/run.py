@@ -41,7 +41,7 @@ def _steer_prompts(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"steering prompts file {spec} does not exist: give one prompt per line, or 'builtin'.")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = [line.strip() for line in io.read_text(path, "steering prompts file").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"steering prompts file {spec} is empty.")
     return prompts
@@ -132,7 +132,7 @@ def _steer(c, base: LoadedModel, ft: LoadedModel, lens, layer: int, shared: int,
 def run_diff(c) -> DiffResult:
     """Run every analysis of `tunetrace diff` and write c.out; returns the summary dict."""
     start = time.perf_counter()
-    io.check_out_dir(c.out, c.force)
+    io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     torch.manual_seed(c.seed)
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
@@ -161,8 +161,8 @@ def run_diff(c) -> DiffResult:
         causal_df = causal.causal_check(base.model, ft.model, encoded, ft.tokenizer.pad_token_id, pair.shared_vocab,
                                         layer, lens.delta, c.random_directions, c.seed, c.batch_size)
     shares = neurons.neuron_shares(base.model, ft.model, lens)
-    recruits_cmp = neurons.compare_recruits(shares, pd.read_parquet(c.recruits)) if c.recruits else None
-    scores_cmp = neurons.compare_scores(shares, pd.read_parquet(c.scores)) if c.scores else None
+    recruits_cmp = neurons.compare_recruits(shares, io.read_parquet(c.recruits)) if c.recruits else None
+    scores_cmp = neurons.compare_scores(shares, io.read_parquet(c.scores)) if c.scores else None
 
     summary = _summary(c, base, ft, pair, layer, text, lens, lens_df, ps, relevant, steer_df, chosen_alpha,
                        causal_df, shares, recruits_cmp, scores_cmp, ft_data)

@@ -120,7 +120,7 @@ def test_evaluate_and_audit_refuse_non_finite_scores(run, tmp_path, capsys):
     scores.loc[(scores.layer == 2) & (scores.neuron == 5), "iss_x_grad"] = np.nan
     scores.to_parquet(bad / "scores.parquet", index=False)
     assert main(_evaluate(run, tmp_path, scores=[str(bad)], recruits=[str(run / "recruits" / "caps")])) == 2
-    _one_line_error(capsys, "`iss_x_grad` is not finite", "layer 2")
+    _one_line_error(capsys, "column `iss_x_grad` is NaN/Inf", "first at layer 2, neuron 5")
 
     from tunetrace.auditing import run_audit
     from tunetrace.data import load_examples
@@ -130,7 +130,7 @@ def test_evaluate_and_audit_refuse_non_finite_scores(run, tmp_path, capsys):
     loaded = load_model("tiny-llama")
     with torch.no_grad():
         gated_mlp_layers(loaded.model)[2].up_proj.weight[3, 0] = float("inf")
-    with pytest.raises(ValueError, match="audit of tiny-llama: predictor `.*` is not finite .* at layer [12]"):  # the gradient carries it down
+    with pytest.raises(ValueError, match="audit of tiny-llama: column `.*` is NaN/Inf .*first at layer [12]"):  # the gradient carries it down
         run_audit(loaded, load_examples("builtin:caps"), [1, 2], progress=False)
 
 
@@ -266,7 +266,7 @@ def test_finetune_resume_with_other_settings_is_refused(tmp_path):
     finally:
         ft.collate = real
     assert json.loads((tmp_path / "r.partial" / "progress.json").read_text())["step"] == 2
-    run = lambda **kw: ft.run_finetune(*(kw.get("args") or (loaded, enc, prompts, get_task(kw.get("task", "greeting")))),  # noqa: E731
+    run = lambda **kw: ft.run_finetune(*(kw.get("args") or (loaded, enc, prompts, get_task(kw.get("task", "greeting")))),
                                        kw.get("settings", settings), tmp_path / "r", resume=True, max_new_tokens=2)
     with pytest.raises(ValueError, match=r"task greeting -> caps"):
         run(task="caps")
@@ -320,7 +320,7 @@ def test_report_names_a_corrupt_manifest_and_fails_when_nothing_is_drawn(run, tm
     (audit / "scores.parquet").write_bytes(b"PAR1 not really")
     assert main(["report", str(audit)]) == 2
     err = capsys.readouterr().err
-    assert "could be drawn" in err and "scores.parquet cannot be read as Parquet" in err
+    assert "could be drawn" in err and "scores.parquet is not a readable Parquet table" in err
     assert not (audit / "report.html").exists()
 
 

@@ -27,7 +27,8 @@ from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
 from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
-from tunetrace.provenance import calibration_warning, check_finite_scores
+from tunetrace.finite import check_finite_scores
+from tunetrace.provenance import calibration_warning
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor

@@ -12,7 +12,7 @@ import contextlib
 import shlex
 import signal
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 class Interrupted(KeyboardInterrupt):

@@ -12,9 +12,13 @@ warning, never guessed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+
+from tunetrace import io
+from tunetrace.finite import check_finite_scores
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +120,7 @@ def check_evaluation_inputs(audits: Sequence, recruits: Sequence) -> None:
 def finetune_record(model_dir: str | Path) -> dict:
     """finetune.json of a tunetrace fine-tune directory, or {} (any other model spec)."""
     path = Path(model_dir) / "finetune.json"
-    if not path.is_file():
-        return {}
-    return read_record(path)
-
-
-def read_record(path: str | Path) -> dict:
-    """A JSON record, or one line naming the file and the problem."""
-    import json
-
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): it is damaged; rerun the command that wrote it.") from None
+    return io.read_json(path) if path.is_file() else {}
 
 
 def check_finetune_of(base_manifest: Mapping, ft_spec: str) -> None:
@@ -147,7 +138,7 @@ def check_table_of(record_path: Path, expected: Mapping[str, Mapping], what: str
     if not record_path.is_file():
         log.warning("cannot check that %s belongs to these models: no %s beside it", what, record_path.name)
         return
-    record = read_record(record_path)
+    record = io.read_json(record_path)
     for key, manifest in expected.items():
         if key in record:
             check_same_model(record[key], manifest, f"{what} must be of {key} {_name(manifest)}")
@@ -175,11 +166,11 @@ def check_features_link(sae_dirs: Sequence[str], recruits_path: str | Path) -> N
     if not summary_path.is_file():
         log.warning("cannot check that %s belongs to the SAEs' models: no summary.json beside it", recruits_path)
         return
-    summary = read_record(summary_path)
+    summary = io.read_json(summary_path)
     known = {_sha(summary.get(k)) for k in ("base", "finetuned")} - {None}
     for sae_dir in sae_dirs:
         cfg = Path(sae_dir) / "cfg.json"
-        model = (read_record(cfg).get("meta") or {}).get("model") if cfg.is_file() else None
+        model = (io.read_json(cfg).get("meta") or {}).get("model") if cfg.is_file() else None
         sha = _sha(model)
         if known and sha and sha not in known:
             raise ProvenanceError(
@@ -227,7 +218,7 @@ def weight_change(base_model, ft_model) -> WeightChange:
     changed = rel_a[rel_a > 0]
     frac = float(np.mean(changed > MAX_PLAUSIBLE_REL_CHANGE)) if len(changed) else 0.0
     return WeightChange(
-        len(rel), int(len(changed)), float(np.median(changed)) if len(changed) else 0.0,
+        len(rel), len(changed), float(np.median(changed)) if len(changed) else 0.0,
         float(rel_a.max()) if len(rel_a) else 0.0, float(min(cos)) if cos else 1.0, frac, frac <= IMPLAUSIBLE_FRACTION,
     )
 
@@ -301,22 +292,3 @@ def calibration_warning(n_examples: int) -> str | None:
                "(two disjoint sets of 8 agree on only ~84% of the top 50; see docs/audit.md): use more calibration data.")
     log.warning("%s", message)
     return message
-
-
-# ---------------------------------------------------------------- finite statistics
-
-
-def check_finite_scores(scores, where: str) -> None:
-    """Refuse a scores table with NaN/Inf: name the first (layer, predictor) and how many neurons."""
-    import numpy as np
-
-    predictors = [c for c in scores.columns if c not in ("layer", "neuron")]
-    for layer, group in scores.groupby("layer", sort=True):
-        for p in predictors:
-            values = group[p].to_numpy(dtype=np.float64)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                raise ValueError(
-                    f"{where}: predictor `{p}` is not finite (NaN/Inf) for {int(bad.sum())} of {len(values)} neurons at layer {int(layer)}: "
-                    "a ranking would be meaningless; check the model's weights and the data for NaN/Inf (rerun with a finite model)."
-                )

@@ -7,12 +7,13 @@ own directory and a `tunetrace reproduce` directory with audit/, recruits/TASK/,
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
+
+from tunetrace import io
 
 MAX_DEPTH = 4
 RISK = "iss_x_grad"
@@ -57,19 +58,12 @@ class RunDir:
         if path is None:
             return {}
         if path not in self._json:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    self._json[path] = json.load(f)
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:  # name the file, not just the parser's complaint
-                raise ValueError(f"{path} is not valid JSON ({err}): it is damaged; rerun the command that wrote it") from None
+            self._json[path] = io.read_json(path)  # a damaged file is named, not just the parser's complaint
         return self._json[path]  # type: ignore[return-value]
 
     def parquet(self, path: Path) -> pd.DataFrame:
         if path not in self._parquet:
-            try:
-                self._parquet[path] = pd.read_parquet(path)
-            except Exception as err:  # pyarrow raises several types for a damaged file
-                raise ValueError(f"{path} cannot be read as Parquet ({type(err).__name__}: {err}): it is damaged; rerun the command that wrote it") from None
+            self._parquet[path] = io.read_parquet(path)
         return self._parquet[path]
 
     def sibling_json(self, path: Path, name: str) -> dict:

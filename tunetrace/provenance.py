@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 # greeting}, quick preset: MLP-only AdamW, 10 steps at lr 5e-4): ||W_ft - W_base|| / ||W_base||
 # is 0.0096 (median over the 90 changed tensors) and at most 0.0107, cosine >= 0.99994.
 # Independent weights of the same scale give ~sqrt(2) = 1.41 (cosine ~0). The bound below is
-# ~50x the largest change we measured and ~3x below unrelated weights: a longer or LoRA
-# fine-tune stays well under it; a 'fine-tune' whose changed tensors mostly exceed it is
-# almost certainly another model.
+# ~50x the largest change we measured and ~3x below unrelated weights. Longer, full or LoRA
+# fine-tunes were not measured here; we expect them far below 0.5, and the warning (not a
+# refusal) leaves room for one that is not. A 'fine-tune' whose changed tensors mostly exceed
+# it is almost certainly another model.
 MAX_PLAUSIBLE_REL_CHANGE = 0.5
 IMPLAUSIBLE_FRACTION = 0.5  # warn when more than this share of the changed tensors exceed the bound
 

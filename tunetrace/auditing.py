@@ -27,6 +27,8 @@ from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
 from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
+from tunetrace.finite import check_finite_scores
+from tunetrace.provenance import calibration_warning
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -291,6 +293,7 @@ def run_audit(
     if world.distributed:
         all_reduce_state(stats.state, stats.max_keys)
     scores = scores_frame(stats.finalize(), predictors)
+    check_finite_scores(scores, f"audit of {loaded.spec}")  # a NaN never becomes a ranking
     seconds = time.perf_counter() - start
     manifest = {
         "command": "audit",
@@ -311,6 +314,7 @@ def run_audit(
         "versions": _versions(),
         "wall_seconds": round(seconds, 3),
         "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
+        "warnings": [w for w in [calibration_warning(data.n_examples)] if w],
     }
     per_example = {k: v.cpu() for k, v in stats.per_example().items()}
     return AuditResult(scores, manifest, per_example)

@@ -29,6 +29,7 @@ from tunetrace.data import Batch, EncodedExample, collate
 from tunetrace.distributed import World, barrier, init_from_env
 from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
+from tunetrace.interrupt import Interrupted, deferred_interrupts
 from tunetrace.models import LoadedModel, save_checkpoint
 from tunetrace.records import new_record, write_record
 from tunetrace.tasks import Task
@@ -190,6 +191,37 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def training_data_sha256(train: list[EncodedExample]) -> str:
+    """sha256 of the tokenized training examples in order: the data exactly as the steps see it."""
+    text = json.dumps([[e.input_ids, e.n_prompt] for e in train], separators=(",", ":"))
+    return io.sha256_bytes(text.encode())
+
+
+def run_identity(loaded: LoadedModel, train: list[EncodedExample], task: Task, settings: FinetuneSettings) -> dict:
+    """What makes this fine-tune this one (settings that change the steps, data, task, base): compared on --resume."""
+    steps_settings = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("save_every", "min_rate")}
+    return {"task": task.name, "settings": steps_settings, "data_sha256": training_data_sha256(train), "n_train": len(train),
+            "base_model": loaded.fingerprint}
+
+
+def check_resumable(out: Path, identity: dict, finished: bool) -> None:
+    """Refuse to resume (or to report as already finished) a run made with other settings, data, task or base."""
+    from tunetrace.provenance import check_resume
+
+    if finished:
+        info = finished_info(out) or {}
+        previous = info.get("identity") or {"task": info.get("task"), "settings": info.get("settings", {}),
+                                            "base_model": (info.get("base_model") or {}).get("sha256")}
+        where = f"{out} (a finished fine-tune)"
+    else:
+        record = partial_dir(out) / "identity.json"
+        if not record.is_file():
+            raise ValueError(f"the interrupted run in {partial_dir(out)} records no settings to check a resume against: pass --force to start over.")
+        previous, where = io.read_json(record), f"the interrupted run in {partial_dir(out)}"
+    check_resume({k: v for k, v in previous.items() if v is not None}, identity, where,
+                 "resume it with its own settings, pass --force to start over, or choose another --out")
+
+
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
@@ -222,6 +254,9 @@ def run_finetune(
 ) -> FinetuneResult:
     """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`."""
     out, state = Path(out), partial_dir(Path(out))
+    identity = run_identity(loaded, train, task, settings)
+    if resume and not force and (is_finished(out) or (state / "progress.json").exists()):
+        check_resumable(out, identity, is_finished(out))
     if is_finished(out) and not force:
         if resume:
             info = finished_info(out)
@@ -250,6 +285,8 @@ def run_finetune(
     if resume and (state / "progress.json").exists():
         step, log_rows, before = _load_state(state, model, optimizer)
         log.info("resuming %s at step %d/%d", out, step, settings.steps)
+    if world.is_main:
+        io.write_json(state / "identity.json", identity)  # what a --resume is checked against
     if before is None and world.is_main:
         before = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens).summary()
         _save_state(state, model, optimizer, 0, [], before)
@@ -257,21 +294,30 @@ def run_finetune(
     model.eval()  # no dropout: deterministic steps
     steps = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}",
                  leave=False, disable=not world.is_main)
-    for step in steps:
-        indices = batch_indices(len(train), step, settings.batch_size, settings.seed)
-        batch = collate(train, indices[world.rank :: world.size], pad).to(loaded.model.device)
-        optimizer.zero_grad(set_to_none=True)
-        loss, tokens = _data_parallel_step(model, batch, params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        log_rows.append({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens})
-        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps and world.is_main:
-            _save_state(state, model, optimizer, step + 1, log_rows, before)
+    done = step
+    try:
+        for step in steps:
+            with deferred_interrupts():  # a signal lands between steps: the saved state is never half a step
+                indices = batch_indices(len(train), step, settings.batch_size, settings.seed)
+                batch = collate(train, indices[world.rank :: world.size], pad).to(loaded.model.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss, tokens = _data_parallel_step(model, batch, params, world)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                log_rows.append({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens})
+                done = step + 1
+            if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps and world.is_main:
+                _save_state(state, model, optimizer, step + 1, log_rows, before)
 
-    if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
-        barrier()
-        return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
-    after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
+        if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
+            barrier()
+            return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
+        after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
+    except KeyboardInterrupt:
+        if not world.is_main:
+            raise
+        _save_state(state, model, optimizer, done, log_rows, before)
+        raise Interrupted(f"fine-tune interrupted after step {done}/{settings.steps}; its state is saved in {state}") from None
     installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
     final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))
     info = {
@@ -279,6 +325,7 @@ def run_finetune(
         "task_description": task.description,
         "settings": dataclasses.asdict(settings),
         "base_model": loaded.manifest(),
+        "identity": identity,
         "n_train": len(train),
         "behaviour_before": before,
         "behaviour_after": after.summary(),

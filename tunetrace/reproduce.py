@@ -30,6 +30,7 @@ from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.layerspec import headline_layer, resolve_layers
 from tunetrace.models import LoadedModel, fresh_copy, load_model
 from tunetrace.ground_truth import extract_recruits, write_recruits
+from tunetrace.provenance import check_evaluation_inputs
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,14 @@ def run_reproduce(
         if previous_record.command != "reproduce":
             raise ValueError(f"{out} holds a `{previous_record.command}` run, not a reproduction: pass a fresh --out.")
         previous = previous_record.results
-        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k)):
+        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k),
+                         ("layers", chosen), ("layer", head_layer), ("base_sha256", base.fingerprint)):
             if previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     sources, check = write_task_data(out, names, sizes)
     settings_record = {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k, "seed": seed,
-                       "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check}
+                       "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check,
+                       "base_sha256": base.fingerprint}
     base_entry = base.manifest()
     write_record(out, new_record("reproduce", config, models={"model": base_entry}, results=settings_record, outputs=["headline.md"]))
 
@@ -175,6 +178,7 @@ def run_reproduce(
     start = time.perf_counter()  # 5. evaluate (cheap: always recomputed)
     audits = [load_audit_dir(out / "audit" / n) for n in names]
     recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
+    check_evaluation_inputs(audits, recruits)  # the reused stages belong together, or refuse
     ev = evaluate(audits, recruits, k, head_layer)
     write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
     timed("evaluate", start, accumulate=False)  # recomputed on every invocation: its cost is the last one

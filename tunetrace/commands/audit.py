@@ -13,10 +13,11 @@ def run(config) -> int:
     from tunetrace.data import encode_example, open_stream
     from tunetrace.distributed import barrier, init_from_env, resolve_device
     from tunetrace.layerspec import resolve_layers
+    from tunetrace.memory import check_batch_fits
     from tunetrace.models import load_model
     from tunetrace.predictors import PREDICTORS
 
-    io.check_out_dir(config.out, config.force, what="audit output")  # fail before any work
+    io.check_out_dir(config.out, config.force, what="audit output", inputs=io.input_paths(config))  # fail before any work
     if config.sort_by not in PREDICTORS:
         raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -24,8 +25,9 @@ def run(config) -> int:
     data = open_stream(config.data)
     loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
                         device_map=config.device_map or None)
-    for example in data:  # tokenize once up front: a too-long example fails before the pass
-        encode_example(loaded.tokenizer, example, config.max_length, data.name)
+    # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass
+    longest = max(len(encode_example(loaded.tokenizer, example, config.max_length, data.name).input_ids) for example in data)
+    check_batch_fits(loaded.model, min(config.batch_size, data.n_examples), longest)
     layers = resolve_layers(config.layers, loaded.n_layers)
     per_example = resolve_layers(config.per_example_layers, loaded.n_layers) if config.per_example_layers else []
     if not set(per_example) <= set(layers):

@@ -11,6 +11,7 @@ import torch
 from tunetrace.features.sae import TopKSae
 from tunetrace.records import find_record
 from tunetrace.features.tracking import recruit_overlap
+from tunetrace.provenance import check_features_link
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def features_link_command(c) -> dict:
     if missing:
         raise ValueError(f"recruits table {rpath} lacks columns {sorted(missing)} (needs layer, neuron, is_recruit).")
     manifest = record.results
+    check_features_link(manifest["saes"], rpath)  # SAEs of the recruits' models, or refuse
     feats = pd.read_parquet(fdir / "features.parquet")
     rows, summary = [], {"recruits": str(rpath.resolve()), "features": str(fdir.resolve()), "groups": []}
     for s, sae_dir in enumerate(manifest["saes"]):

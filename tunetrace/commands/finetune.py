@@ -8,6 +8,7 @@ from pathlib import Path
 def run(config) -> int:
     import torch
 
+    from tunetrace import io
     from tunetrace.finetuning import is_finished, resolve_training_data, run_finetune, settings_from
     from tunetrace.models import load_model
 
@@ -16,6 +17,7 @@ def run(config) -> int:
     settings = settings_from(config.preset, method=config.method, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
                              seed=config.seed, batch_size=config.batch_size, save_every=config.save_every)
     out = Path(config.out)
+    io.check_out_dir(out, force=True, what="fine-tune output", inputs=io.input_paths(config))  # replaceable, writable: before any work
     if is_finished(out) and not (config.force or config.resume):
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)

@@ -23,7 +23,7 @@ def run(config) -> int:
     from tunetrace.layerspec import resolve_layers
     from tunetrace.models import load_model
 
-    io.check_out_dir(config.out, config.force, what="recruits output")
+    io.check_out_dir(config.out, config.force, what="recruits output", inputs=io.input_paths(config))
     info = _finetune_info(config.finetuned)
     if not config.data:
         task = info.get("task")

@@ -25,6 +25,7 @@ from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope
 from tunetrace.diffing.text import load_text_samples
 from tunetrace.models import LoadedModel, load_model
+from tunetrace.provenance import check_diff_inputs
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _steer_prompts(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"steering prompts file {spec} does not exist: give one prompt per line, or 'builtin'.")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = [line.strip() for line in io.read_text(path, "steering prompts file").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"steering prompts file {spec} is empty.")
     return prompts
@@ -137,11 +138,12 @@ def run_diff(c, write: bool = True) -> DiffResult:
     """Run every analysis of `tunetrace diff` (config `c`); write c.out unless `write` is False."""
     start = time.perf_counter()
     if write:
-        io.check_out_dir(c.out, c.force)
+        io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     torch.manual_seed(c.seed)
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     pair = check_pair(base.model, base.tokenizer, ft.model, ft.tokenizer)
+    check_diff_inputs(c.recruits, c.scores, base.manifest(), ft.manifest(), c.finetuned)  # tables of this pair, or refuse
     layer = resolve_layer(c.layer, pair.n_layers)
     text = load_text_samples(c.text, base, c.tokens, c.samples, pair.shared_vocab, c.seed)
     log.info("diffing %s vs %s at layer %d on %d samples", c.base, c.finetuned, layer, text.input_ids.shape[0])
@@ -165,8 +167,8 @@ def run_diff(c, write: bool = True) -> DiffResult:
         causal_df = causal.causal_check(base.model, ft.model, encoded, ft.tokenizer.pad_token_id, pair.shared_vocab,
                                         layer, lens.delta, c.random_directions, c.seed, c.batch_size)
     shares = neurons.neuron_shares(base.model, ft.model, lens)
-    recruits_cmp = neurons.compare_recruits(shares, pd.read_parquet(c.recruits)) if c.recruits else None
-    scores_cmp = neurons.compare_scores(shares, pd.read_parquet(c.scores)) if c.scores else None
+    recruits_cmp = neurons.compare_recruits(shares, io.read_parquet(c.recruits)) if c.recruits else None
+    scores_cmp = neurons.compare_scores(shares, io.read_parquet(c.scores)) if c.scores else None
 
     summary = _summary(c, base, ft, pair, layer, text, lens, lens_df, ps, relevant, steer_df, chosen_alpha,
                        causal_df, shares, recruits_cmp, scores_cmp, ft_data)

@@ -7,13 +7,13 @@ own directory and a `tunetrace reproduce` directory with audit/, recruits/TASK/,
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from tunetrace import io
 from tunetrace.records import RECORD_FILE, RunRecord, find_record
 
 MAX_DEPTH = 4
@@ -62,13 +62,12 @@ class RunDir:
         if path is None:
             return {}
         if path not in self._json:
-            with open(path, encoding="utf-8") as f:
-                self._json[path] = json.load(f)
+            self._json[path] = io.read_json(path)  # a damaged file is named, not just the parser's complaint
         return self._json[path]  # type: ignore[return-value]
 
     def parquet(self, path: Path) -> pd.DataFrame:
         if path not in self._parquet:
-            self._parquet[path] = pd.read_parquet(path)
+            self._parquet[path] = io.read_parquet(path)
         return self._parquet[path]
 
     def sibling_json(self, path: Path, name: str) -> dict:

@@ -118,12 +118,19 @@ class SelectiveHandle:
         """How many weights the selected neurons own (gate row + up row + down column (+ biases) each)."""
         return sum(t.numel() for part in self.parts.values() for n, t in _tensors(part))
 
-    def merge(self) -> nn.Module:
-        """Write the result into the model's plain weights and take the handle off (save_pretrained then saves an ordinary checkpoint)."""
+    def sync(self) -> None:
+        """Write the current rows into the model's own weights, keeping the handle on (so a mid-run checkpoint is a plain model too).
+
+        The forward pass does not change: the main path never reads the selected entries.
+        """
         self._check_applied()
         layers = gated_mlp_layers(self.model)
         for i, part in self.parts.items():
             part.write_into(layers[i])
+
+    def merge(self) -> nn.Module:
+        """Write the result into the model's plain weights and take the handle off (save_pretrained then saves an ordinary checkpoint)."""
+        self.sync()
         return self._detach()
 
     def remove(self) -> nn.Module:

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from tunetrace.audit import accumulate
+from tunetrace.auditing import accumulate
 from tunetrace.data import encode, iter_batches, load_examples
 from tunetrace.hooks import frozen
 from tunetrace.models import load_model
@@ -72,7 +72,7 @@ def run_floor(model, batches) -> None:
 
 
 def run_floor_same_loss(model, batches) -> None:
-    from tunetrace.audit import _loss_sum
+    from tunetrace.auditing import _loss_sum
 
     frozen_backward(model, batches, lambda b: _loss_sum(model, b))
 

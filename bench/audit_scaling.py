@@ -3,7 +3,7 @@
 Part 1, in one process, every variant on the same calibration batches, interleaved round by
 round (the order rotating each round) so machine noise hits them alike; medians of input
 tokens/s and their ratios are printed:
-  audit   : tunetrace.audit.accumulate, every layer, every predictor (frozen weights)
+  audit   : tunetrace.auditing.accumulate, every layer, every predictor (frozen weights)
   floor   : frozen-weight forward+backward, same loss, nothing collected (the audit's floor)
   train   : plain training forward+backward, same loss, weights require grad
   nnsight : nnsight 0.8 trace saving z = gate_proj output, u = up_proj output, a = down_proj
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunetrace.audit import accumulate
+from tunetrace.auditing import accumulate
 from tunetrace.data import encode, iter_batches, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import frozen

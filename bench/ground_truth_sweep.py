@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunetrace import evaluate as E
+from tunetrace import evaluation as E
 from tunetrace.predictors import BASELINE_MONOTONE
-from tunetrace.recruits import DEFINITIONS, gini, top_k_share
+from tunetrace.ground_truth import DEFINITIONS, gini, top_k_share
 
 SHOWN = ("iss_x_grad", "iss", "abs_act")
 QUANTILES = (0.25, 0.5, 0.75)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from tunetrace.audit import run_audit
+from tunetrace.auditing import run_audit
 from tunetrace.data import encode, iter_batches, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model

@@ -16,7 +16,7 @@ from tunetrace.cli import main
 from tunetrace.config import DiffConfig
 from tunetrace.data import encode, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering, text
-from tunetrace.diffing.compat import PairMismatchError, check_pair, final_norm, parse_layer, unembed
+from tunetrace.diffing.compat import PairMismatchError, check_pair, final_norm, unembed
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patched_next_token_probs, patchscope, token_coherence
 from tunetrace.gated_mlp import decoder_layers
@@ -218,14 +218,6 @@ def test_causal_subtracting_delta_restores_base_loss():
     proj = df[(df.direction == "delta") & (df["mode"] == "project")]
     np.testing.assert_allclose(proj.loss.to_numpy(), (proj.base_loss + proj.base_loss_change).to_numpy(), rtol=1e-4)
     assert df[df.direction != "delta"].base_loss_change.isna().all()
-
-
-def test_parse_layer():
-    assert parse_layer("0.5", 30) == 14 and parse_layer("0.5", 4) == 1
-    assert parse_layer("-1", 4) == 3 and parse_layer("2", 4) == 2
-    for bad in ("7", "1.5", "x"):
-        with pytest.raises(ValueError, match="`layer`"):
-            parse_layer(bad, 4)
 
 
 def test_architecture_mismatch_is_clear():

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunetrace import evaluate as E
+from tunetrace import evaluation as E
 
 
 def test_hits_ap_auroc_hand_computed():
@@ -82,11 +82,6 @@ def test_evaluate_headline_and_not_installed_tasks():
     recruits[0].installed = False
     with pytest.raises(ValueError, match="installed"):
         E.evaluate(audits, recruits, k=2, layer=0)
-
-
-def test_default_layer_is_near_70_percent():
-    assert E.default_layer(list(range(30)), 30) == 20
-    assert E.default_layer([5, 19], 30) == 19
 
 
 def test_regrade_re_ranks_recruits_and_records_the_ground_truth():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tunetrace.data import encode, load_examples
-from tunetrace.finetune import FinetuneSettings, batch_indices, response_loss, run_finetune
+from tunetrace.finetuning import FinetuneSettings, batch_indices, response_loss, run_finetune
 from tunetrace.data import collate
 from tunetrace.models import load_model
 from tunetrace.tasks import builtin_rows, get_task
@@ -61,7 +61,7 @@ def test_resume_gives_the_same_run_and_finished_run_is_protected(tmp_path):
     loaded, enc, prompts = _setup()
     half = FinetuneSettings(method="mlp", steps=6, lr=1e-2, batch_size=4, save_every=3)
     # Interrupt after step 3 by raising from the 4th batch.
-    import tunetrace.finetune as ft
+    import tunetrace.finetuning as ft
 
     real = ft.collate
     calls = {"n": 0}

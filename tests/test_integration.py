@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunetrace.audit import run_audit
+from tunetrace.auditing import run_audit
 from tunetrace.data import DataSource, encode, iter_batches, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model

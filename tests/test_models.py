@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tunetrace.gated_mlp import UnsupportedModelError, gated_mlp_layers, select_layers
+from tunetrace.gated_mlp import UnsupportedModelError, gated_mlp_layers
 from tunetrace.models import ModelSpecError, load_model, save_checkpoint
 
 
@@ -60,18 +60,6 @@ def test_dir_without_safetensors_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelSpecError, match="never unpickles"):
         load_model(str(tmp_path))
-
-
-def test_select_layers():
-    assert select_layers(30, "all") == list(range(30))
-    assert select_layers(30, "17,19") == [17, 19]
-    assert select_layers(30, "10-12") == [10, 11, 12]
-    assert select_layers(30, "0.7") == [20]
-    assert select_layers(30, "-1") == [29]
-    with pytest.raises(ValueError, match="has layers 0..29"):
-        select_layers(30, "30")
-    with pytest.raises(ValueError, match="is not a layer index"):
-        select_layers(30, "x")
 
 
 def test_hub_id_offline_fails_at_once(monkeypatch):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunetrace import recruits as R
+from tunetrace import ground_truth as R
 from tunetrace.data import encode, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model

@@ -1,27 +1,38 @@
-"""Dataclass configs: each is one CLI command's options (field docstrings become --help) and its saved config.json.
+"""Dataclass configs: each is one CLI command's options (field docstrings become --help) and the `config` of its run.json.
 
-Validation happens here, in __post_init__, with one-line errors naming the field.
+Validation happens here, in __post_init__, with one-line errors naming the field. This module is a
+leaf: it imports no torch (so `--help` and argument errors are instant) and nothing of the library
+but `tunetrace.choices`. A field with metadata `positional` is a positional argument; one with
+`required` must be given; a bool is a plain flag (`--force`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import simple_parsing as sp
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS, RECRUIT_DEFINITIONS
 
-from tunetrace.models import DTYPES
+
+def positional(metavar: str, nargs: str | None = None):
+    """A positional argument (no default: it must be given)."""
+    return field(metadata={"positional": True, "metavar": metavar, "nargs": nargs})
 
 
 def _check_common(batch_size: int, dtype: str) -> None:
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}.")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
     """A recruit definition and pathway quantiles, as `recruits` extracts and `evaluate` re-ranks them."""
-    from tunetrace.recruits import DEFINITIONS
+    from tunetrace.ground_truth import DEFINITIONS
 
     if definition not in DEFINITIONS:
         raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
@@ -34,7 +45,7 @@ def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
 class AuditConfig:
     """Score every gated-MLP neuron's recruitment risk on a base model, before any fine-tune."""
 
-    model: str = sp.field(positional=True, metavar="MODEL")
+    model: str = positional("MODEL")
     """Model: built-in name (smollm2-135m-instruct, gemma3-270m, tiny-llama...), local HF directory, .gguf file, or hub id."""
     data: str = "builtin:caps"
     """Calibration data: JSONL of {"messages": [...]} or {"prompt", "response"}, or builtin:TASK."""
@@ -82,9 +93,9 @@ class AuditConfig:
 class MergeConfig:
     """Merge two fine-tunes of one base by SLERP (mergekit's formula) or LERP; `--t auto` balances their losses."""
 
-    model_a: str = sp.field(positional=True, metavar="MODEL_A")
+    model_a: str = positional("MODEL_A")
     """Model A (t = 0): any model spec load_model accepts."""
-    model_b: str = sp.field(positional=True, metavar="MODEL_B")
+    model_b: str = positional("MODEL_B")
     """Model B (t = 1): a fine-tune of the same base (same parameter names and shapes)."""
     t: str = "0.5"
     """Interpolation weight of B in [0, 1], or 'auto' to scan t for equal losses on --data-a and --data-b."""
@@ -137,10 +148,10 @@ class MergeConfig:
 class SaeTrainConfig:
     """Train a TopK sparse autoencoder on one layer's MLP activations (input of down_proj), streamed."""
 
-    model: str = sp.field(positional=True, metavar="MODEL")
+    model: str = positional("MODEL")
     """Model spec (built-in name, local HF directory, .gguf, adapter directory)."""
-    layer: int = -1
-    """Layer index to train on (required)."""
+    layer: int = field(default=-1, metadata={"required": True})
+    """Layer index to train on."""
     site: str = "mlp"
     """Activation site; only 'mlp' (a = phi(z)*u, the input of down_proj) is supported."""
     text: str = "builtin:pystdlib"
@@ -199,7 +210,7 @@ class SaeTrainConfig:
 class FeaturesMatchConfig:
     """Match SAE features across models by activation correlation on one token stream: persisting, disappearing, emerging."""
 
-    saes: list[str] = sp.field(positional=True, nargs="+", metavar="SAES")
+    saes: list[str] = positional("SAES", nargs="+")
     """SAE directories (from sae-train), in order BASE FT_A [FT_B [MERGE]]; each names its model and layer."""
     text: str = "builtin:pystdlib"
     """Text source every model reads (same tokens for all)."""
@@ -245,7 +256,7 @@ class FeaturesMatchConfig:
 class FeaturesLinkConfig:
     """Overlap of disappearing/emerging SAE features with recruited neurons (decoder weight on recruits)."""
 
-    features: str = sp.field(positional=True, metavar="FEATURES")
+    features: str = positional("FEATURES")
     """Output directory of features-match."""
     recruits: str = "recruits.parquet"
     """Ground-truth recruits table (columns layer, neuron, is_recruit, ...)."""
@@ -272,9 +283,9 @@ def _positive_floats(spec: str, field: str) -> list[float]:
 class DiffConfig:
     """What did a fine-tune change? Activation Difference Lens: logit lens, Patchscope, steering, neurons."""
 
-    base: str = sp.field(positional=True, metavar="BASE")
+    base: str = positional("BASE")
     """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
-    finetuned: str = sp.field(positional=True, metavar="FINETUNED")
+    finetuned: str = positional("FINETUNED")
     """Fine-tuned model spec (full checkpoint or peft adapter directory) of the same architecture and tokenizer."""
     out: str = "runs/diff"
     """Output directory (summary.json, *.parquet, generations.jsonl, delta.safetensors)."""
@@ -393,7 +404,7 @@ class DiffConfig:
 class FinetuneConfig:
     """Fine-tune a model to install a behaviour (full, MLP-only or LoRA), resumably, and measure it."""
 
-    model: str = sp.field(positional=True, metavar="MODEL")
+    model: str = positional("MODEL")
     """Base model spec (built-in name, local HF directory, .gguf file)."""
     task: str = ""
     """Built-in task: caps, greeting, signoff, short, json, refuse, taboo, sandbag."""
@@ -445,8 +456,9 @@ class FinetuneConfig:
             raise ValueError("`check_regex` is for --data; built-in tasks have their own checks.")
         if self.n_eval < 1 or self.max_new_tokens < 1:
             raise ValueError("`n_eval` and `max_new_tokens` must be >= 1.")
-        if self.steps < 0 or self.lr < 0 or self.batch_size < 0 or self.save_every < 0 or self.threads < 0:
-            raise ValueError("`steps`, `lr`, `batch_size`, `save_every` and `threads` must be >= 0 (0 = preset/default).")
+        for name in ("steps", "lr", "batch_size", "save_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")
         _check_common(1, self.dtype)
 
 
@@ -454,12 +466,12 @@ class FinetuneConfig:
 class RecruitsConfig:
     """Find the neurons a fine-tune really recruited (ground truth), and their pathway (redirect/latent)."""
 
-    base: str = sp.field(positional=True, metavar="BASE")
+    base: str = positional("BASE")
     """Base model spec."""
-    finetuned: str = sp.field(positional=True, metavar="FINETUNED")
+    finetuned: str = positional("FINETUNED")
     """Fine-tuned model: a checkpoint directory or peft adapter directory (e.g. a `tunetrace finetune` output)."""
     data: str = ""
-    """Evaluation data (JSONL or builtin:TASK:eval); default: builtin:TASK:eval of the fine-tune's task."""
+    """Evaluation data (JSONL or builtin:TASK:eval); empty = builtin:TASK:eval of the fine-tune's own task (from its run record)."""
     out: str = "runs/recruits"
     """Output directory: recruits.parquet, summary.json."""
     definition: str = "activation"
@@ -488,24 +500,15 @@ class RecruitsConfig:
         _check_ground_truth(self.definition, {"act_quantile": self.act_quantile, "z_quantile": self.z_quantile})
         if self.k < 1:
             raise ValueError(f"`k` must be >= 1, got {self.k}.")
-        if not self.data:
-            from pathlib import Path
-            import json
-
-            info = Path(self.finetuned) / "finetune.json"
-            task = json.loads(info.read_text()).get("task") if info.is_file() else None
-            if not task or task == "user":
-                raise ValueError("give `--data` (evaluation JSONL): the fine-tuned model names no built-in task.")
-            self.data = f"builtin:{task}:eval"
 
 
 @dataclass
 class EvaluateConfig:
     """Score the audit's predictors against ground-truth recruits: hits@k, AP, AUROC, CIs, the monotone ceiling."""
 
-    scores: list[str] = sp.list_field()
+    scores: list[str] = field(default_factory=list, metadata={"required": True})
     """Audit output directory (one, or one per --recruits directory, in the same order)."""
-    recruits: list[str] = sp.list_field()
+    recruits: list[str] = field(default_factory=list, metadata={"required": True})
     """`tunetrace recruits` output directories, one per task."""
     out: str = "runs/evaluate"
     """Output directory: metrics.parquet, sweep.parquet, pr_curves.parquet, headline.json, headline.md."""
@@ -575,13 +578,18 @@ class ReproduceConfig:
     """Override the preset's optimizer steps (0 = the preset's)."""
 
     def __post_init__(self) -> None:
-        from tunetrace.finetune import settings_from
+        from tunetrace.finetuning import settings_from
 
-        if self.k < 1 or self.threads < 0:
-            raise ValueError("`k` must be >= 1 and `threads` >= 0.")
-        if self.lr < 0 or self.steps < 0:
-            raise ValueError("`lr` and `steps` must be >= 0 (0 = the preset's).")
-        settings_from(self.preset, **self.finetune_overrides())  # checks preset, method and optimizer
+        if self.k < 1:
+            raise ValueError(f"`k` must be >= 1, got {self.k}.")
+        for name in ("threads", "lr", "steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")
+        _check_choice("preset", self.preset, PRESETS)
+        if self.method:
+            _check_choice("method", self.method, FINETUNE_METHODS)
+        if self.optimizer:
+            _check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
     def finetune_overrides(self) -> dict:
         """The fine-tuning settings given on the command line, to replace the preset's."""
@@ -596,7 +604,7 @@ class ReproduceConfig:
 class ReportConfig:
     """Write one self-contained HTML page (plots, sortable tables, manifest) from a run directory."""
 
-    run_dir: str = sp.field(positional=True, metavar="RUN_DIR")
+    run_dir: str = positional("RUN_DIR")
     """Output directory of audit, reproduce, diff or features-match (or a folder holding several)."""
     out: str = ""
     """Where to write the page; empty = RUN_DIR/report.html."""

@@ -284,3 +284,8 @@ def iter_batches(encoded: Sequence[EncodedExample], batch_size: int, pad_id: int
     """Batches in dataset order (results never depend on batch size; order only affects float rounding)."""
     for start in range(0, len(encoded), batch_size):
         yield collate(encoded, range(start, min(start + batch_size, len(encoded))), pad_id)
+
+
+def user_prompt(messages) -> str:
+    """The last user turn of a conversation (what the behaviour check is asked about)."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")

@@ -51,3 +51,14 @@ def all_reduce_state(state: Mapping[str, torch.Tensor], max_keys: set[str]) -> N
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """'auto' -> cuda (this rank's GPU) when available, else cpu; anything else as given."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{local_rank}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} asked for, but torch sees no CUDA device: use --device cpu.")
+    return device

@@ -191,31 +191,3 @@ def _check_activation_matches(layer: GatedMLPLayer, activation: GateActivation) 
         raise UnsupportedModelError(
             f"config names gate activation {activation.name!r} but the model's act_fn computes something else."
         )
-
-
-def select_layers(n_layers: int, spec: str | None) -> list[int]:
-    """Parse a layer selection: 'all', '19', '17,19', '10-14', or a relative depth like '0.7'."""
-    if spec is None or spec == "all":
-        return list(range(n_layers))
-    chosen: list[int] = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                chosen.extend(range(int(lo), int(hi) + 1))
-            elif "." in part:
-                frac = float(part)
-                if not 0.0 <= frac <= 1.0:
-                    raise ValueError
-                chosen.append(round(frac * (n_layers - 1)))
-            else:
-                chosen.append(int(part) if int(part) >= 0 else n_layers + int(part))
-        except ValueError:
-            raise ValueError(
-                f"`layers` entry {part!r} is not a layer index, range (a-b), relative depth (0.0-1.0) or 'all'."
-            ) from None
-    for i in chosen:
-        if not 0 <= i < n_layers:
-            raise ValueError(f"`layers` asks for layer {i} but the model has layers 0..{n_layers - 1}.")
-    return sorted(set(chosen))

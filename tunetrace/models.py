@@ -19,12 +19,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunetrace import io
+from tunetrace.choices import DTYPE_NAMES
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def _smollm2_gguf() -> Path:

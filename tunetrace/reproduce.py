@@ -24,11 +24,12 @@ import torch
 from tunetrace import io
 from tunetrace.behaviour import BehaviourResult, greedy_answers
 from tunetrace.data import encode, load_examples
-from tunetrace.evaluate import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
-from tunetrace.finetune import is_finished, run_finetune, settings_from
-from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+from tunetrace.evaluation import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
+from tunetrace.finetuning import is_finished, run_finetune, settings_from
+from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.layerspec import headline_layer, resolve_layers
 from tunetrace.models import load_model
-from tunetrace.recruits import extract_recruits, write_recruits
+from tunetrace.ground_truth import extract_recruits, write_recruits
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ def run_reproduce(
     t0 = time.perf_counter()
     base = load_model(model, device=device)
     n_layers = len(gated_mlp_layers(base.model))
-    head_layer = layer if layer is not None else round(0.7 * (n_layers - 1))
-    chosen = sorted(set(select_layers(n_layers, layers or sizes.layers)) | ({head_layer} if not layers else set()))
+    head_layer = layer if layer is not None else headline_layer(n_layers)
+    chosen = sorted(set(resolve_layers(layers or sizes.layers, n_layers)) | ({head_layer} if not layers else set()))
     if head_layer not in chosen:
         raise ValueError(f"headline `layer` {head_layer} is not among the chosen `layers` {layers!r}.")
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
@@ -129,7 +130,7 @@ def run_reproduce(
     io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
                                      "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
 
-    from tunetrace.audit import run_audit, write_audit
+    from tunetrace.auditing import run_audit, write_audit
 
     for name in names:  # 1. audit the base model on each task's calibration split
         target = out / "audit" / name
@@ -204,10 +205,3 @@ def _summary_markdown(out: Path, model: str, preset: str, names: list[str], ev, 
     return "\n".join(lines) + "\n"
 
 
-def run_reproduce_command(config) -> ReproduceResult:
-    """`tunetrace reproduce`."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    layer = None if config.layer == -1 else config.layer
-    return run_reproduce(config.model, config.preset, config.out, config.tasks, config.layers, layer, config.k, config.seed, config.device,
-                         finetune_overrides=config.finetune_overrides())

@@ -5,13 +5,13 @@ Modules: `compat` (pair checks, logit lens head), `text` (unrelated text), `lens
 `agent` (optional LLM description), `run` (the `tunetrace diff` command).
 """
 
-from tunetrace.diffing.compat import PairMismatchError, check_pair, parse_layer, unembed
+from tunetrace.diffing.compat import PairMismatchError, check_pair, unembed
 from tunetrace.diffing.lens import LensResult, activation_difference, logit_lens
 from tunetrace.diffing.neurons import neuron_shares
 from tunetrace.diffing.patchscope import patchscope
 from tunetrace.diffing.steering import add_vector, generate, residual_edit, steering_vector
 
 __all__ = [
-    "PairMismatchError", "check_pair", "parse_layer", "unembed", "LensResult", "activation_difference", "logit_lens",
+    "PairMismatchError", "check_pair", "unembed", "LensResult", "activation_difference", "logit_lens",
     "neuron_shares", "patchscope", "add_vector", "generate", "residual_edit", "steering_vector",
 ]

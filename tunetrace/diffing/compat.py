@@ -71,25 +71,6 @@ def check_pair(
     return Pair(n_layers=len(decoder_layers(base)), d_model=cb.hidden_size, shared_vocab=shared)
 
 
-def parse_layer(spec: str, n_layers: int) -> int:
-    """'0.5' -> int(0.5 * (n_layers - 1)) (relative depth); '12' or '-1' -> that layer index."""
-    spec = str(spec).strip()
-    try:
-        if "." in spec:
-            frac = float(spec)
-            if not 0.0 <= frac <= 1.0:
-                raise ValueError
-            layer = int(frac * (n_layers - 1))
-        else:
-            layer = int(spec)
-            layer = layer + n_layers if layer < 0 else layer
-    except ValueError:
-        raise ValueError(f"`layer` {spec!r} is not a layer index or a relative depth in [0, 1].") from None
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"`layer` {spec!r} is outside the model's layers 0..{n_layers - 1}.")
-    return layer
-
-
 def final_norm(model: PreTrainedModel) -> nn.Module:
     """The norm applied after the last decoder layer; it sits beside the layers in every family."""
     model = unwrap_model(model)

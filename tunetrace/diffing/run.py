@@ -18,7 +18,8 @@ import torch
 from tunetrace import io
 from tunetrace.data import DataError, encode_example, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering
-from tunetrace.diffing.compat import check_pair, parse_layer
+from tunetrace.diffing.compat import check_pair
+from tunetrace.layerspec import resolve_layer
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope
 from tunetrace.diffing.text import load_text_samples
@@ -135,7 +136,7 @@ def run_diff(c) -> DiffResult:
     base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
     pair = check_pair(base.model, base.tokenizer, ft.model, ft.tokenizer)
-    layer = parse_layer(c.layer, pair.n_layers)
+    layer = resolve_layer(c.layer, pair.n_layers)
     text = load_text_samples(c.text, base, c.tokens, c.samples, pair.shared_vocab, c.seed)
     log.info("diffing %s vs %s at layer %d on %d samples", c.base, c.finetuned, layer, text.input_ids.shape[0])
     lens = activation_difference(base.model, ft.model, text.input_ids, layer, c.positions, c.norm_skip, c.batch_size)

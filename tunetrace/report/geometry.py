@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tunetrace.layerspec import nearest_to_headline
 from tunetrace.report.html import Section, figure, note
 from tunetrace.report.rundir import RunDir
 
@@ -31,8 +32,7 @@ def pick_layer(run: RunDir, layers: list[int]) -> int:
     if counts:
         return max(sorted(counts), key=lambda l: counts[l])
     n_layers = int(run.audit_manifest.get("n_layers", max(layers) + 1))
-    target = round(0.7 * (n_layers - 1))
-    return min(layers, key=lambda l: (abs(l - target), l))
+    return nearest_to_headline(layers, n_layers)
 
 
 def pathway_labels(scores_layer: pd.DataFrame, table: pd.DataFrame, layer: int) -> np.ndarray:

@@ -13,11 +13,11 @@ from tunetrace.report.rundir import RunDir
 
 def rerun_command(command: str, config: dict) -> str | None:
     """`tunetrace COMMAND ...` reproducing `config` (only options that differ from their defaults), or None."""
-    from tunetrace.cli import COMMANDS
+    from tunetrace.cli import COMMANDS, config_class
 
     if command not in COMMANDS or not config:
         return None
-    cls = COMMANDS[command][0]
+    cls = config_class(command)
     args = ["tunetrace", command]
     options = []
     for f in dataclasses.fields(cls):
@@ -32,7 +32,7 @@ def rerun_command(command: str, config: dict) -> str | None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
-            options += [flag, "true" if value else "false"]
+            options += [flag] if value else []
         else:
             options += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return shlex.join(args + options)

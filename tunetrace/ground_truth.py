@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tunetrace.choices import DEFAULT_RECRUIT_DEFINITION, RECRUIT_DEFINITIONS
 from tunetrace.data import EncodedExample, iter_batches
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
@@ -33,8 +34,7 @@ from tunetrace.hooks import mlp_hooks
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-DEFINITIONS = ("weight", "weight_rel", "activation", "activation_rel", "contribution")
-DEFAULT_DEFINITION = "activation"  # chosen by measured concentration: docs/ground-truth.md
+DEFINITIONS = RECRUIT_DEFINITIONS
 
 
 # ---------------------------------------------------------------- pure maths
@@ -219,7 +219,7 @@ def check_compatible(base, ft) -> None:
 
 
 def extract_recruits(
-    base, ft, data, layers: Sequence[int] | None = None, definition: str = DEFAULT_DEFINITION, k: int = 50,
+    base, ft, data, layers: Sequence[int] | None = None, definition: str = DEFAULT_RECRUIT_DEFINITION, k: int = 50,
     act_quantile: float = 0.5, z_quantile: float = 0.5, batch_size: int = 8, max_length: int = 512,
 ) -> RecruitsResult:
     """Score every neuron of `layers` under every definition; mark the top-k of `definition` and their pathways."""
@@ -261,32 +261,4 @@ def write_recruits(result: RecruitsResult, out, force: bool = False, extra: dict
         io.write_json(stage / "summary.json", {**result.summary, **(extra or {})})
 
 
-def finetune_info(spec: str) -> dict:
-    """finetune.json of a tunetrace fine-tune directory (behaviour rates, installed), or {}."""
-    from pathlib import Path
 
-    from tunetrace import io
-
-    path = Path(spec) / "finetune.json"
-    return io.read_json(path) if path.is_file() else {}
-
-
-def run_recruits_command(config) -> RecruitsResult:
-    """`tunetrace recruits`: load both models, extract, write, and say whether the behaviour was installed."""
-    from tunetrace import io
-    from tunetrace.data import load_examples
-    from tunetrace.gated_mlp import select_layers
-    from tunetrace.models import load_model
-
-    io.check_out_dir(config.out, config.force, what="recruits output")
-    data = load_examples(config.data, split="eval")
-    base = load_model(config.base, dtype=config.dtype, device=config.device)
-    ft = load_model(config.finetuned, dtype=config.dtype, device=config.device)
-    layers = select_layers(len(gated_mlp_layers(base.model)), config.layers)
-    result = extract_recruits(base, ft, data, layers, config.definition, config.k, config.act_quantile, config.z_quantile, config.batch_size, config.max_length)
-    info = finetune_info(config.finetuned)
-    extra = {"task": info.get("task"), "installed": info.get("installed", True), "behaviour_before": info.get("behaviour_before"), "behaviour_after": info.get("behaviour_after")}
-    if not extra["installed"]:
-        log.warning("%s did not install its behaviour: its recruits are marked installed=false and evaluate skips them by default", config.finetuned)
-    write_recruits(result, config.out, config.force, extra)
-    return result

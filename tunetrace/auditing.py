@@ -351,44 +351,4 @@ def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
         io.write_json(stage / "manifest.json", result.manifest)
 
 
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """'auto' -> cuda (this rank's GPU) when available, else cpu; anything else as given."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"`device` {device!r} asked for, but torch sees no CUDA device: use --device cpu.")
-    return device
 
-
-def run_audit_command(config) -> AuditResult | None:
-    """`tunetrace audit`: load, score, write (rank 0), and return the result (None on other ranks)."""
-    from tunetrace import io
-    from tunetrace.data import encode_example, open_stream
-    from tunetrace.gated_mlp import select_layers
-    from tunetrace.models import load_model
-
-    io.check_out_dir(config.out, config.force, what="audit output")  # fail before any work
-    if config.sort_by not in PREDICTORS:
-        raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    world = init_from_env(device)
-    data = open_stream(config.data)
-    loaded = load_model(
-        config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
-        device_map=config.device_map or None,
-    )
-    for example in data:  # tokenize once up front: a too-long example fails before the pass
-        encode_example(loaded.tokenizer, example, config.max_length, data.name)
-    n_layers = len(gated_mlp_layers(loaded.model))
-    layers = select_layers(n_layers, config.layers)
-    per_example = select_layers(n_layers, config.per_example_layers) if config.per_example_layers else []
-    if not set(per_example) <= set(layers):
-        raise ValueError("`per_example_layers` must be among the audited `layers`.")
-    result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example)
-    result.manifest["config"] = {k: v for k, v in vars(config).items()}
-    if world.is_main:
-        write_audit(result, config.out, config.force)
-    barrier()
-    return result if world.is_main else None

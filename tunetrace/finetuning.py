@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from tunetrace import io
+from tunetrace.choices import FINETUNE_METHODS, OPTIMIZERS
 from tunetrace.behaviour import BehaviourResult, behaviour_rate
 from tunetrace.data import Batch, EncodedExample, collate
 from tunetrace.distributed import World, barrier, init_from_env
@@ -32,8 +33,6 @@ from tunetrace.tasks import Task
 
 log = logging.getLogger(__name__)
 
-METHODS = ("full", "mlp", "lora")
-OPTIMIZERS = ("adamw", "sgd")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -53,8 +52,8 @@ class FinetuneSettings:
     min_rate: float = 0.5  # behaviour rate after training that counts as "installed"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.method not in FINETUNE_METHODS:
+            raise ValueError(f"`method` must be one of {', '.join(FINETUNE_METHODS)}, got {self.method!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         for name in ("steps", "batch_size", "save_every", "lora_r"):
@@ -311,14 +310,9 @@ def settings_from(preset: str, **overrides) -> FinetuneSettings:
     return dataclasses.replace(PRESETS[preset], **given)
 
 
-def user_prompt(messages) -> str:
-    """The last user turn of a conversation (what the behaviour check is asked about)."""
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
-
-
 def resolve_training_data(config, tokenizer) -> tuple[Task, list[EncodedExample], list[str], str]:
     """(task, encoded training examples, evaluation prompts, data name) from --task or --data."""
-    from tunetrace.data import DataSource, encode, load_examples
+    from tunetrace.data import DataSource, encode, load_examples, user_prompt
     from tunetrace.tasks import builtin_rows, get_task, split_of, user_task
 
     if config.task:
@@ -337,24 +331,3 @@ def resolve_training_data(config, tokenizer) -> tuple[Task, list[EncodedExample]
         train = DataSource(source.name, train_examples, source.sha256)
     encoded = encode(tokenizer, train, config.max_length)
     return task, encoded, prompts[: config.n_eval], train.name
-
-
-def run_finetune_command(config) -> FinetuneResult:
-    """`tunetrace finetune`: resolve data and settings, load the model, train, write."""
-    from tunetrace.models import load_model
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    settings = settings_from(
-        config.preset, method=config.method, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
-        seed=config.seed, batch_size=config.batch_size, save_every=config.save_every,
-    )
-    out = Path(config.out)
-    if is_finished(out) and not (config.force or config.resume):
-        raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-    task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
-    return run_finetune(
-        loaded, encoded, prompts, task, settings, out, config.resume, config.force, config.max_new_tokens,
-        extra_manifest={"data": name},
-    )

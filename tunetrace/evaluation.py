@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from tunetrace.layerspec import nearest_to_headline
+
 log = logging.getLogger(__name__)
 
 ISS_HEADLINE = "iss_x_grad"
@@ -280,7 +282,7 @@ def load_recruits_dir(path: str | Path) -> RecruitRun:
 
 def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float = -1.0, z_quantile: float = -1.0) -> RecruitRun:
     """The same run with recruits re-ranked (definition, k) and pathways re-derived; unset values as extracted."""
-    from tunetrace.recruits import rerank
+    from tunetrace.ground_truth import rerank
 
     thresholds = run.info.get("thresholds", {})
     definition = definition or run.info.get("definition", "activation")
@@ -288,12 +290,6 @@ def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float =
     z_q = z_quantile if z_quantile != -1.0 else thresholds.get("z_quantile", 0.5)
     info = {**run.info, "definition": definition, "k": k, "thresholds": {"act_quantile": act_q, "z_quantile": z_q}}
     return RecruitRun(run.name, rerank(run.table, definition, k, act_q, z_q), run.installed, info)
-
-
-def default_layer(layers: Sequence[int], n_layers: int) -> int:
-    """The evaluated layer closest to 70% of depth."""
-    target = round(0.7 * (n_layers - 1))
-    return min(layers, key=lambda l: (abs(l - target), l))
 
 
 @dataclass
@@ -320,7 +316,7 @@ def evaluate(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k: int 
         raise ValueError("the audit scores and the recruits share no layer: audit the layers you extracted recruits at.")
     layers = sorted(metrics.layer.unique())
     n_layers = int(audits[0].manifest.get("n_layers", max(layers) + 1))
-    layer = default_layer(layers, n_layers) if layer is None else layer
+    layer = nearest_to_headline(layers, n_layers) if layer is None else layer
     if layer not in layers:
         raise ValueError(f"`layer` {layer} was not both audited and extracted; available: {layers}.")
     d_mlp = int(audits[0].scores.neuron.max()) + 1
@@ -388,17 +384,3 @@ def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = Fa
         io.write_text(stage / "headline.md", headline_markdown(ev))
 
 
-def run_evaluate_command(config) -> Evaluation:
-    """`tunetrace evaluate`: read audit(s) and recruits, compute, write, return the evaluation."""
-    from tunetrace import io
-
-    io.check_out_dir(config.out, config.force, what="evaluation output")
-    audits = [load_audit_dir(p) for p in config.scores]
-    recruits = [load_recruits_dir(p) for p in config.recruits]
-    if config.definition or config.act_quantile != -1.0 or config.z_quantile != -1.0:
-        recruits = [regrade(r, config.k, config.definition, config.act_quantile, config.z_quantile) for r in recruits]
-    for r in recruits:
-        r.installed = r.installed or config.include_not_installed
-    ev = evaluate(audits, recruits, config.k, config.layer, config.n_boot, config.seed)
-    write_evaluation(ev, pr_curves(audits, recruits, ev.headline["layer"]), config.out, config.force)
-    return ev

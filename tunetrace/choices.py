@@ -1,0 +1,14 @@
+"""The allowed values of options that the configs (which import no torch) and the library both check.
+
+One home, so `config.py` can validate a command line instantly and the library modules that
+implement each choice agree with it by importing the same names.
+"""
+
+from __future__ import annotations
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+RECRUIT_DEFINITIONS = ("weight", "weight_rel", "activation", "activation_rel", "contribution")
+DEFAULT_RECRUIT_DEFINITION = "activation"  # chosen by measured concentration: docs/ground-truth.md
+FINETUNE_METHODS = ("full", "mlp", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+PRESETS = ("quick", "full")

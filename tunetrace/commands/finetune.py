@@ -1,0 +1,29 @@
+"""`tunetrace finetune`: install a behaviour by a short fine-tune, resumably, and report its rate before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run(config) -> int:
+    import torch
+
+    from tunetrace.finetuning import is_finished, resolve_training_data, run_finetune, settings_from
+    from tunetrace.models import load_model
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    settings = settings_from(config.preset, method=config.method, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
+                             seed=config.seed, batch_size=config.batch_size, save_every=config.save_every)
+    out = Path(config.out)
+    if is_finished(out) and not (config.force or config.resume):
+        raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
+    r = run_finetune(loaded, encoded, prompts, task, settings, out, config.resume, config.force, config.max_new_tokens,
+                     extra_manifest={"data": name})
+    if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
+        return 0
+    state = "installed" if r.installed else "NOT installed"
+    print(f"{config.out}: behaviour rate {r.before:.2f} -> {r.after:.2f} ({state}); final loss {r.final_loss:.3f}")
+    return 0

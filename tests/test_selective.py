@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tunetrace import io
-from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.layerspec import resolve_layers
 from tunetrace.models import load_model
 from tunetrace.selective import NeuronSelection, protect, select_neurons, train_only
 from tunetrace.selective.selection import parse_top
@@ -107,7 +108,7 @@ def test_audit_selection_ranks_per_layer_with_ties_by_index(tmp_path):
 def test_layer_forms_resolve_as_audit_does(tmp_path, spec):
     d = _audit_dir(tmp_path)
     sel = select_neurons(d, top=2, layers=spec)
-    expected = [1, 2, 3] if spec == "all" else select_layers(N_LAYERS, spec)
+    expected = [1, 2, 3] if spec == "all" else resolve_layers(spec, N_LAYERS)
     assert sel.layers == expected and sorted(sel.table.layer.unique()) == expected
 
 

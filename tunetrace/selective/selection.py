@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from tunetrace import io
-from tunetrace.gated_mlp import gated_mlp_layers, select_layers
+from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.layerspec import resolve_layers
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +153,14 @@ def _random_layer(layer: int, k: int, width: int, seed: int) -> pd.DataFrame:
 
 
 def _resolve_layers(spec, available: list[int], n_layers: int | None, what: str) -> list[int]:
-    if spec is None or str(spec) == "all":
+    if spec is None or str(spec).strip() in ("", "all"):
         return list(available)
     if isinstance(spec, (list, tuple)):
         chosen = sorted({int(x) for x in spec})
     else:
         if n_layers is None:
             raise ValueError(f"`layers` {spec!r} needs the model's layer count: pass `model=` or `n_layers=`.")
-        chosen = select_layers(n_layers, str(spec))
+        chosen = resolve_layers(str(spec), n_layers)
     if not chosen:
         raise ValueError(f"`layers` {spec!r} selects no layer of {what}: the selection would be empty.")
     missing = [i for i in chosen if i not in available]

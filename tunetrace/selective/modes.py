@@ -29,12 +29,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tunetrace.choices import SELECTIVE_MODES
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.selective.selection import NeuronSelection
 
 log = logging.getLogger(__name__)
 
-MODES = ("train-only", "protect")
+MODES = SELECTIVE_MODES
 CHILD = "tunetrace_selective"  # attribute name of the per-layer module under the MLP
 
 

@@ -362,3 +362,43 @@ def test_planted_neurons_fit_the_data_random_ones_do_not():
     _, random_loss, random_acc = fit(control)
     assert planted_loss < 0.05 * start and planted_acc == 1.0, (start, planted_loss, planted_acc)
     assert random_loss > 0.3 * start and random_acc < 0.5, (start, random_loss, random_acc)
+
+
+@pytest.mark.parametrize("mode", ["train-only", "protect"])
+def test_mlp_biases_belong_to_their_neurons(mode):
+    """A Llama with MLP biases: the gate/up bias entries of a selected neuron train (train-only) or stay (protect)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, mlp_bias=True, hidden_act="silu")
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for layer in gated_mlp_layers(model):
+            layer.gate_proj.bias.normal_(0, 0.5)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sel = select_neurons("random", top=8, model=model, seed=0)
+    ids = _tokens()
+    with torch.no_grad():
+        ref = model(ids).logits
+    handle = (train_only if mode == "train-only" else protect)(model, sel)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref, rtol=1e-5, atol=1e-5)
+    _train(model, handle.parameters(), ids, 3)
+    with torch.no_grad():
+        applied = model(ids).logits
+    handle.merge()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, applied, rtol=1e-5, atol=1e-5)  # the merge is the trained function
+    for i, idx in sel.by_layer().items():
+        for proj in ("gate_proj", "up_proj"):
+            name = f"model.layers.{i}.mlp.{proj}.bias"
+            b = dict(model.named_parameters())[name]
+            mask = torch.zeros(D_MLP, dtype=torch.bool)
+            mask[idx] = True
+            if mode == "train-only":
+                assert torch.equal(b[~mask], base[name][~mask]) and (b[mask] != base[name][mask]).all()
+            else:
+                assert torch.equal(b[mask], base[name][mask]) and (b[~mask] != base[name][~mask]).float().mean() > 0.9
+    down_bias = dict(model.named_parameters())["model.layers.0.mlp.down_proj.bias"]
+    assert torch.equal(down_bias, base["model.layers.0.mlp.down_proj.bias"]) == (mode == "train-only")  # no neuron owns it

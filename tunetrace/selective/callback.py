@@ -35,6 +35,8 @@ class SelectiveCallback(TrainerCallback):
         self.trained = False
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ValueError("SelectiveCallback needs the model at Trainer construction: pass Trainer(model=...), not model_init.")
         self.handle = apply_mode(model, self.selection, self.mode, self.fingerprint)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):

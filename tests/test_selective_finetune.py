@@ -129,11 +129,14 @@ def test_resume_continues_the_same_run_and_refuses_another_selection(tmp_path, m
     _check_checkpoint(tmp_path / "r", load_model("tiny-llama").model.state_dict(), sel.to_record()["neurons"], mode)
 
 
-def test_two_process_train_only_equals_single_process(tmp_path):
+@pytest.mark.parametrize("mode", ["train-only", "protect"])
+def test_two_process_selective_finetune_equals_single_process(tmp_path, mode):
     sel_file = tmp_path / "n.csv"
     sel_file.write_text("layer,neuron\n" + "".join(f"{l},{n}\n" for l in (1, 2) for n in range(0, 128, 9)))
-    common = ["finetune", "tiny-llama", "--task", "caps", "--optimizer", "adamw", "--lr", "1e-2", "--steps", "3", "--batch-size", "4",
-              "--n-eval", "2", "--max-new-tokens", "2", "--neurons", str(sel_file), "--mode", "train-only"]
+    # SGD as in test_finetune_distributed: Adam's normalisation blows the all-reduce's summation-order rounding
+    # up to 1e-3 relative on entries whose gradient is ~0, which says nothing about the selective mode
+    common = ["finetune", "tiny-llama", "--task", "caps", "--optimizer", "sgd", "--lr", "0.5", "--steps", "3", "--batch-size", "4",
+              "--n-eval", "2", "--max-new-tokens", "2", "--neurons", str(sel_file), "--mode", mode]
     assert main(common + ["--out", str(tmp_path / "single")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tunetrace", *common,
@@ -144,4 +147,4 @@ def test_two_process_train_only_equals_single_process(tmp_path):
     for k, v in single.items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
     neurons = io.read_json(tmp_path / "ddp" / "finetune.json")["selective"]["selection"]["neurons"]
-    _check_checkpoint(tmp_path / "ddp", load_model("tiny-llama").model.state_dict(), neurons, "train-only")
+    _check_checkpoint(tmp_path / "ddp", load_model("tiny-llama").model.state_dict(), neurons, mode)

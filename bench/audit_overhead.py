@@ -72,9 +72,9 @@ def run_floor(model, batches) -> None:
 
 
 def run_floor_same_loss(model, batches) -> None:
-    from tunetrace.auditing import _loss_sum
+    from tunetrace.forward import response_loss_sum
 
-    frozen_backward(model, batches, lambda b: _loss_sum(model, b))
+    frozen_backward(model, batches, lambda b: response_loss_sum(model, b))
 
 
 def run_audit(model, batches, encoded) -> None:

@@ -24,7 +24,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tunetrace.data import collate, encode, load_examples
-from tunetrace.finetuning import FinetuneSettings, _trainable, prepare_model, response_loss
+from tunetrace.finetuning import FinetuneSettings, _trainable, prepare_model
+from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model
 from tunetrace.selective import select_neurons, train_only

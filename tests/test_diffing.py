@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 
@@ -16,7 +15,8 @@ from tunetrace.cli import main
 from tunetrace.config import DiffConfig
 from tunetrace.data import encode, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering, text
-from tunetrace.diffing.compat import PairMismatchError, check_pair, final_norm, unembed
+from tunetrace.pairs import PairMismatchError, check_pair
+from tunetrace.readout import final_norm, unembed
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patched_next_token_probs, patchscope, token_coherence
 from tunetrace.gated_mlp import decoder_layers

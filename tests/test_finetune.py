@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tunetrace.data import encode, load_examples
-from tunetrace.finetuning import FinetuneSettings, batch_indices, response_loss, run_finetune
+from tunetrace.finetuning import FinetuneSettings, batch_indices, run_finetune
+from tunetrace.forward import response_loss
 from tunetrace.data import collate
 from tunetrace.models import load_model
 from tunetrace.tasks import builtin_rows, get_task

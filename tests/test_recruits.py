@@ -74,8 +74,8 @@ def test_extract_recruits_table_and_cli(pair, tmp_path, capsys):
     assert res.summary["concentration"]["weight"]["layers"][1]["top_k_share"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="k"):
         R.extract_recruits(base, ft, data, [0], k=10_000)
-    with pytest.raises(ValueError, match="not a fine-tune"):
-        R.check_compatible(base, load_model("tiny-gemma3"))
+    with pytest.raises(ValueError, match="different architectures"):
+        R.check_loaded_pair(base, load_model("tiny-gemma3"))
 
     from safetensors.torch import save_model  # noqa: F401
     from tunetrace.cli import main

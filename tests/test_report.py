@@ -119,7 +119,7 @@ def _write_features(d: Path) -> None:
     for s in range(3):
         for f in range(32):
             row = {"sae": s, "model": "tiny-llama", "layer": 2, "feature": f, "alive": True, "freq": 0.01 * f, "max_act": float(f),
-                   "logit_lens": ["tok", "<x>"], "contexts": [f"the cat [[sat]] on", "a [[b]]c"]}
+                   "logit_lens": ["tok", "<x>"], "contexts": ["the cat [[sat]] on", "a [[b]]c"]}
             for pair in ("0>1", "0>2"):
                 a, b = map(int, pair.split(">"))
                 if s == a:

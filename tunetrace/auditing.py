@@ -10,7 +10,6 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from tunetrace import __version__
 from tunetrace.data import DataSource, StreamingSource, stream_batches
-from tunetrace.distributed import all_reduce_state, barrier, init_from_env
+from tunetrace.distributed import all_reduce_state, init_from_env
+from tunetrace.forward import response_loss_sum
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
@@ -193,18 +193,6 @@ class AuditResult:
     per_example: dict[str, Tensor]
 
 
-def _loss_sum(model, batch) -> Tensor:
-    """Summed cross-entropy of the response tokens, computing logits only where needed."""
-    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, use_cache=False
-    )
-    sub_mask = batch.loss_mask[:, columns]
-    logits = out.logits[sub_mask].float()
-    targets = batch.targets[:, columns][sub_mask]
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-
-
 def token_rows(batch) -> TokenRows:
     flat = batch.loss_mask.reshape(-1).nonzero().squeeze(1)
     seq = batch.loss_mask.shape[1]
@@ -249,7 +237,7 @@ def accumulate(
                 probe.rows = rows
             stats.state["input_tokens"] += int(batch.attention_mask.sum())
             with torch.set_grad_enabled(need_backward):
-                loss = _loss_sum(model, batch)
+                loss = response_loss_sum(model, batch)
                 if need_backward:
                     loss.backward()
     return stats

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunetrace.data import prompt_text
+from tunetrace.data import user_prompt_ids
+from tunetrace.forward import continue_rows
 from tunetrace.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -35,36 +36,15 @@ def greedy_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16
 ) -> list[str]:
     """Greedy continuations of each user prompt (left-padded batches, special tokens stripped)."""
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    add_special = not bool(tokenizer.chat_template)
     out: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [prompt_text(tokenizer, [{"role": "user", "content": p}]) for p in prompts[start : start + batch_size]]
-            ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
-            width = max(len(i) for i in ids)
-            input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for b, row in enumerate(ids):
-                input_ids[b, width - len(row) :] = torch.tensor(row)
-                mask[b, width - len(row) :] = 1
-            gen = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
-            for row in gen[:, width:]:
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                if not tokenizer.chat_template:  # the fallback format's next turn ends the answer
-                    text = text.split("\nUser:")[0]
-                out.append(text.strip())
-    finally:
-        model.train(was_training)
+    for start in range(0, len(prompts), batch_size):
+        rows = [user_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        for row in continue_rows(model, rows, pad, max_new_tokens=max_new_tokens, do_sample=False):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            if not tokenizer.chat_template:  # the fallback format's next turn ends the answer
+                text = text.split("\nUser:")[0]
+            out.append(text.strip())
     return out
 
 
@@ -80,8 +60,12 @@ def behaviour_rate(
     prompts = [p for p in prompts if task.applies(p)]
     if not prompts:
         return BehaviourResult(float("nan"), 0, [])
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
-    rows = [{"prompt": p, "answer": a, "ok": bool(task.check(a, p))} for p, a in zip(prompts, answers)]
-    rate = sum(r["ok"] for r in rows) / len(rows)
+    return score_answers(task, prompts, greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size))
+
+
+def score_answers(task: Task, prompts: list[str], answers: list[str]) -> BehaviourResult:
+    """The behaviour rate of given answers, over the prompts the task applies to (NaN rate when none)."""
+    rows = [{"prompt": p, "answer": a, "ok": bool(task.check(a, p))} for p, a in zip(prompts, answers) if task.applies(p)]
+    rate = sum(r["ok"] for r in rows) / len(rows) if rows else float("nan")
     log.info("behaviour %s: %.2f over %d prompts", task.name, rate, len(rows))
     return BehaviourResult(rate, len(rows), rows)

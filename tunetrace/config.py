@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS, RECRUIT_DEFINITIONS, SELECTIVE_MODES
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS, SELECTIVE_MODES
 
 
 def positional(metavar: str, nargs: str | None = None):
@@ -596,7 +596,6 @@ class ReproduceConfig:
     """Override the preset's optimizer steps (0 = the preset's)."""
 
     def __post_init__(self) -> None:
-        from tunetrace.finetuning import settings_from
 
         if self.k < 1:
             raise ValueError(f"`k` must be >= 1, got {self.k}.")

@@ -169,6 +169,12 @@ def open_stream(source: str | os.PathLike) -> DataSource | StreamingSource:
     return StreamingSource(str(path), path, count, h.hexdigest())
 
 
+def rows_source(name: str, rows: Sequence[dict]) -> DataSource:
+    """Examples from in-memory JSONL rows, hashed exactly as the same rows written to a file would be."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    return DataSource(name, parse_jsonl(text, name), io.sha256_bytes(text.encode()))
+
+
 def load_examples(source: str | os.PathLike, split: str = "calibration") -> DataSource:
     """Read `builtin:TASK[:split]` or a JSONL file into examples."""
     source = str(source)
@@ -177,9 +183,7 @@ def load_examples(source: str | os.PathLike, split: str = "calibration") -> Data
 
         parts = source.split(":")
         task, task_split = parts[1], parts[2] if len(parts) > 2 else split
-        rows = builtin_rows(task, task_split)
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        return DataSource(f"builtin:{task}:{task_split}", parse_jsonl(text, f"builtin:{task}:{task_split}"), io.sha256_bytes(text.encode()))
+        return rows_source(f"builtin:{task}:{task_split}", builtin_rows(task, task_split))
     path = Path(source)
     if not path.is_file():
         raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
@@ -208,6 +212,12 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) ->
     """The text a model is given to generate the response to `messages[-1]` (or to a user turn)."""
     history = list(messages[:-1]) if messages[-1]["role"] == "assistant" else list(messages)
     return render(tokenizer, history, add_generation_prompt=True)
+
+
+def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
+    """Token ids of the prompt a model answers for one user turn, tokenized as `encode_example` tokenizes prompts."""
+    text = prompt_text(tokenizer, [{"role": "user", "content": user_text}])
+    return tokenizer(text, add_special_tokens=not bool(tokenizer.chat_template))["input_ids"]
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int, name: str = "data") -> EncodedExample:

@@ -27,6 +27,7 @@ from tunetrace.choices import FINETUNE_METHODS, OPTIMIZERS
 from tunetrace.behaviour import BehaviourResult, behaviour_rate
 from tunetrace.data import Batch, EncodedExample, collate
 from tunetrace.distributed import World, barrier, init_from_env
+from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
 from tunetrace.models import LoadedModel, save_checkpoint
 from tunetrace.selective.selection import NeuronSelection
@@ -93,15 +94,6 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         out.append(int(perm[i]))
     return out
-
-
-def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens; logits only where the loss lives."""
-    first = int(batch.loss_mask.float().argmax(dim=1).min())  # earliest loss position in the batch
-    keep = batch.input_ids.shape[1] - first
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=keep).logits
-    mask = batch.loss_mask[:, first:]
-    return torch.nn.functional.cross_entropy(logits[mask].float(), batch.targets[:, first:][mask])
 
 
 def _data_parallel_step(model: torch.nn.Module, batch: Batch, params: list, world: World) -> tuple[float, int]:

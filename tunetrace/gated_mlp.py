@@ -75,10 +75,11 @@ ACTIVATIONS: dict[str, GateActivation] = {
 
 @dataclass(frozen=True)
 class Family:
-    """Where a family keeps its decoder layers and which config keys name the gate phi."""
+    """Where a family keeps its decoder layers and final norm, and which config keys name the gate phi."""
 
     layers_path: str
     activation_keys: tuple[str, ...]
+    final_norm_path: str = "model.norm"
 
 
 _LLAMA_LIKE = Family("model.layers", ("hidden_act",))
@@ -92,7 +93,7 @@ FAMILIES: dict[str, Family] = {
     "gemma": _GEMMA_LIKE,
     "gemma2": _GEMMA_LIKE,
     "gemma3_text": _GEMMA_LIKE,
-    "gemma3": Family("model.language_model.layers", ("hidden_activation", "hidden_act")),
+    "gemma3": Family("model.language_model.layers", ("hidden_activation", "hidden_act"), "model.language_model.norm"),
 }
 
 
@@ -122,7 +123,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def _text_config(config):
+def text_config(model_or_config):
+    """The text model's config (multimodal configs such as Gemma-3's nest it), for a model or a config."""
+    config = getattr(unwrap_model(model_or_config), "config", model_or_config)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
@@ -141,7 +144,7 @@ def gate_activation(model: nn.Module) -> GateActivation:
     """Read the gate nonlinearity from the model's config, by the family's own config key."""
     model = unwrap_model(model)
     family = family_of(model)
-    config = _text_config(model.config)
+    config = text_config(model)
     for key in family.activation_keys:
         name = getattr(config, key, None)
         if name is not None:
@@ -153,16 +156,19 @@ def gate_activation(model: nn.Module) -> GateActivation:
     raise UnsupportedModelError(f"config names no gate activation (looked for {', '.join(family.activation_keys)}).")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's decoder blocks, found through the family table."""
-    model = unwrap_model(model)
-    family = family_of(model)
-    obj = model
-    for attr in family.layers_path.split("."):
+def module_at(model: nn.Module, path: str, what: str) -> nn.Module:
+    """The submodule at a dotted `path` of the family table; a missing one is one clear error."""
+    obj = unwrap_model(model)
+    for attr in path.split("."):
         obj = getattr(obj, attr, None)
         if obj is None:
-            raise UnsupportedModelError(f"expected decoder layers at `{family.layers_path}`, found none.")
+            raise UnsupportedModelError(f"expected the {what} at `{path}`, found none.")
     return obj
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, found through the family table."""
+    return module_at(model, family_of(model).layers_path, "decoder layers")
 
 
 def gated_mlp_layers(model: nn.Module) -> list[GatedMLPLayer]:

@@ -30,6 +30,7 @@ from tunetrace.choices import DEFAULT_RECRUIT_DEFINITION, RECRUIT_DEFINITIONS
 from tunetrace.data import EncodedExample, iter_batches
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
+from tunetrace.pairs import check_loaded_pair
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -207,17 +208,6 @@ class RecruitsResult:
     summary: dict
 
 
-def check_compatible(base, ft) -> None:
-    """Both models must share the gated-MLP shape and tokenizer, or a neuron-wise diff means nothing."""
-    b, f = gated_mlp_layers(base.model), gated_mlp_layers(ft.model)
-    if base.model.config.model_type != ft.model.config.model_type or len(b) != len(f) or b[0].d_mlp != f[0].d_mlp or b[0].gate_proj.in_features != f[0].gate_proj.in_features:
-        raise ValueError(
-            f"{ft.spec} is not a fine-tune of {base.spec}: {len(f)} layers x {f[0].d_mlp} neurons vs {len(b)} x {b[0].d_mlp}."
-        )
-    if base.tokenizer.get_vocab() != ft.tokenizer.get_vocab():
-        raise ValueError(f"{ft.spec} and {base.spec} use different tokenizers: the same inputs cannot be fed to both.")
-
-
 def extract_recruits(
     base, ft, data, layers: Sequence[int] | None = None, definition: str = DEFAULT_RECRUIT_DEFINITION, k: int = 50,
     act_quantile: float = 0.5, z_quantile: float = 0.5, batch_size: int = 8, max_length: int = 512,
@@ -225,7 +215,7 @@ def extract_recruits(
     """Score every neuron of `layers` under every definition; mark the top-k of `definition` and their pathways."""
     from tunetrace.data import encode
 
-    check_compatible(base, ft)
+    check_loaded_pair(base, ft)
     n_layers = len(gated_mlp_layers(base.model))
     layers = list(layers) if layers is not None else list(range(n_layers))
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp

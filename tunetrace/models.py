@@ -7,6 +7,7 @@ from safetensors (no pickle), and remote code runs only when the caller asks for
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -75,6 +76,13 @@ class LoadedModel:
 
     def manifest(self) -> dict:
         return {"spec": self.spec, "source": self.source, "sha256": self.fingerprint, "model_type": self.model.config.model_type}
+
+
+def fresh_copy(loaded: LoadedModel) -> LoadedModel:
+    """An independent copy of a loaded model (weights copied, tokenizer shared), e.g. to fine-tune while keeping the base."""
+    import copy
+
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
 
 
 def cache_root() -> Path:

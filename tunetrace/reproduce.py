@@ -19,16 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from tunetrace import io
-from tunetrace.behaviour import BehaviourResult, greedy_answers
-from tunetrace.data import encode, load_examples
+from tunetrace.behaviour import BehaviourResult, greedy_answers, score_answers
+from tunetrace.data import DataSource, encode, load_examples, rows_source
 from tunetrace.evaluation import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
 from tunetrace.finetuning import is_finished, run_finetune, settings_from
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.layerspec import headline_layer, resolve_layers
-from tunetrace.models import load_model
+from tunetrace.models import LoadedModel, fresh_copy, load_model
 from tunetrace.ground_truth import extract_recruits, write_recruits
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
@@ -63,34 +62,33 @@ def _stage_done(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def write_task_data(out: Path, tasks: list[str], preset: ReproducePreset) -> dict:
-    """Write each task's capped calibration and evaluation JSONL; fail if any calibration prompt is an evaluation prompt."""
+def write_task_data(out: Path, tasks: list[str], preset: ReproducePreset) -> tuple[dict[str, dict[str, DataSource]], dict]:
+    """Each task's capped calibration and evaluation sets, also written as JSONL (the record of what was used);
+    fail if any calibration prompt is an evaluation prompt. Returns ({task: {split: DataSource}}, the check)."""
     data = out / "data"
+    sources: dict[str, dict[str, DataSource]] = {}
     cal_prompts, eval_prompts = set(), set()
     for name in tasks:
         cal = builtin_rows(name, "calibration")[: preset.n_calibration]
         ev = builtin_rows(name, "eval")[: preset.n_eval]
         io.write_jsonl(data / f"{name}.calibration.jsonl", cal)
         io.write_jsonl(data / f"{name}.eval.jsonl", ev)
+        sources[name] = {"calibration": rows_source(str(data / f"{name}.calibration.jsonl"), cal),
+                         "eval": rows_source(str(data / f"{name}.eval.jsonl"), ev)}
         cal_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in cal}
         eval_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in ev}
     overlap = cal_prompts & eval_prompts
     if overlap:
         raise ValueError(f"calibration and evaluation data overlap ({len(overlap)} prompts, e.g. {sorted(overlap)[0]!r}).")
-    return {"calibration_prompts": len(cal_prompts), "eval_prompts": len(eval_prompts), "overlap": 0}
+    return sources, {"calibration_prompts": len(cal_prompts), "eval_prompts": len(eval_prompts), "overlap": 0}
 
 
-def base_behaviour(spec: str, tasks: list[str], preset: ReproducePreset, device: str) -> dict[str, BehaviourResult]:
+def base_behaviour(loaded: LoadedModel, tasks: list[str], preset: ReproducePreset) -> dict[str, BehaviourResult]:
     """Base-model behaviour rates for every task from one shared set of greedy answers."""
-    loaded = load_model(spec, device=device)
     per_task = {n: [r["prompt"] for r in builtin_rows(n, "eval") if get_task(n).applies(r["prompt"])][: preset.n_behaviour] for n in tasks}
     prompts = sorted({p for ps in per_task.values() for p in ps})
     answers = dict(zip(prompts, greedy_answers(loaded.model, loaded.tokenizer, prompts, preset.max_new_tokens)))
-    out = {}
-    for name, ps in per_task.items():
-        rows = [{"prompt": p, "answer": answers[p], "ok": bool(get_task(name).check(answers[p], p))} for p in ps]
-        out[name] = BehaviourResult(sum(r["ok"] for r in rows) / max(len(rows), 1), len(rows), rows)
-    return out
+    return {name: score_answers(get_task(name), ps, [answers[p] for p in ps]) for name, ps in per_task.items()}
 
 
 def run_reproduce(
@@ -126,7 +124,7 @@ def run_reproduce(
         for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k)):
             if previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
-    check = write_task_data(out, names, sizes)
+    sources, check = write_task_data(out, names, sizes)
     io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
                                      "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
 
@@ -136,19 +134,18 @@ def run_reproduce(
         target = out / "audit" / name
         if not _stage_done(target):
             start = time.perf_counter()
-            data = load_examples(out / "data" / f"{name}.calibration.jsonl")
-            write_audit(run_audit(base, data, chosen, per_example_layers=[head_layer], progress=False), target)
+            write_audit(run_audit(base, sources[name]["calibration"], chosen, per_example_layers=[head_layer], progress=False), target)
             timed("audit", start)
 
     pending = [n for n in names if not is_finished(out / "finetune" / n)]
     before = {}
     if pending:  # 2. base behaviour rates, from one shared set of greedy answers
         start = time.perf_counter()
-        before = base_behaviour(model, pending, sizes, device)
+        before = base_behaviour(base, pending, sizes)
         timed("base_behaviour", start)
     for name in pending:  # 3. fine-tune each task (resuming an interrupted run)
         start = time.perf_counter()
-        fresh = load_model(model, device=device)
+        fresh = fresh_copy(base)  # the fine-tune changes its model in place; the base stays as loaded
         train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
         prompts = [r["prompt"] for r in builtin_rows(name, "eval")]
         prompts = [p for p in prompts if get_task(name).applies(p)][: sizes.n_behaviour]
@@ -163,8 +160,7 @@ def run_reproduce(
         if not _stage_done(target):
             start = time.perf_counter()
             ft = load_model(str(out / "finetune" / name), device=device)
-            data = load_examples(out / "data" / f"{name}.eval.jsonl")
-            result = extract_recruits(base, ft, data, chosen, k=k)
+            result = extract_recruits(base, ft, sources[name]["eval"], chosen, k=k)
             info = io.read_json(out / "finetune" / name / "finetune.json")
             write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})
             del ft

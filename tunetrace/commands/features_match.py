@@ -14,6 +14,7 @@ from tunetrace.features.activations import layer_activations
 from tunetrace.features.matching import CorrAccumulator, TopActivations, classify, parse_pairs, persisting_through, tracked_chains
 from tunetrace.features.sae import TopKSae
 from tunetrace.features.tracking import feature_table, flow_svg
+from tunetrace.pairs import check_loaded_pair
 
 
 def features_match_command(c) -> dict:
@@ -32,9 +33,8 @@ def features_match_command(c) -> dict:
         raise ValueError("an SAE's cfg.json has no `meta.model.spec`/`meta.layer`; train SAEs with `tunetrace sae-train`.")
     models = {spec: load_model(spec, dtype=c.dtype) for spec in dict.fromkeys(specs)}
     tok = models[specs[0]].tokenizer
-    for spec, m in models.items():
-        if m.tokenizer.get_vocab() != tok.get_vocab():
-            raise ValueError(f"model {spec} has a different tokenizer from {specs[0]}: features can only be matched on one token stream.")
+    for m in models.values():  # every model reads one token stream
+        check_loaded_pair(models[specs[0]], m)
     n_chunks = math.ceil(c.tokens / (c.ctx_len - 1))
     chunks = list(batched(token_chunks(tok, c.text, c.ctx_len), n_chunks, n_chunks))
     if not chunks:

@@ -6,7 +6,9 @@ import copy
 
 import numpy as np
 
-from tunetrace.features.merge import MergeResult, merge_state_dicts, response_loss, scan_t, state_dict_f32
+from tunetrace.features.merge import MergeResult, merge_state_dicts, scan_t, state_dict_f32
+from tunetrace.forward import dataset_loss
+from tunetrace.pairs import check_loaded_pair
 
 
 def merge_command(c) -> "MergeResult":
@@ -20,8 +22,7 @@ def merge_command(c) -> "MergeResult":
     out = io.check_out_dir(c.out, c.force)
     a = load_model(c.model_a, dtype=c.dtype)
     b = load_model(c.model_b, dtype=c.dtype)
-    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
-        raise ValueError("`model_b` has a different tokenizer from `model_a`; merge only fine-tunes of one base.")
+    check_loaded_pair(a, b)  # merge only fine-tunes of one base
     sd_a, sd_b = state_dict_f32(a.model), state_dict_f32(b.model)
     merged = copy.deepcopy(a.model)
     b_manifest = b.manifest()
@@ -33,8 +34,8 @@ def merge_command(c) -> "MergeResult":
         grid = np.linspace(0.0, 1.0, c.steps).tolist()
         result = scan_t(
             merged, sd_a, sd_b,
-            lambda m: response_loss(m, enc_a, c.batch_size, pad),
-            lambda m: response_loss(m, enc_b, c.batch_size, pad),
+            lambda m: dataset_loss(m, enc_a, pad, c.batch_size),
+            lambda m: dataset_loss(m, enc_b, pad, c.batch_size),
             grid, c.method, c.granularity,
         )
     else:

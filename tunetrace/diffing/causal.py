@@ -23,34 +23,18 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from tunetrace.data import EncodedExample, iter_batches
+from tunetrace.data import EncodedExample
+from tunetrace.forward import dataset_loss
 from tunetrace.diffing.steering import residual_edit
 
 
-@torch.no_grad()
 def response_loss(
     model: PreTrainedModel, encoded: Sequence[EncodedExample], pad_id: int, shared_vocab: int, batch_size: int = 8,
     layer: int | None = None, edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Mean cross-entropy over response tokens, optionally with `edit` applied to layer `layer`'s output."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch in iter_batches(encoded, batch_size, pad_id):
-        batch = batch.to(device)
-
-        def forward():
-            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-
-        if edit is None:
-            logits = forward()
-        else:
-            with residual_edit(model, layer, edit):
-                logits = forward()
-        logits = logits[..., :shared_vocab].float()
-        nll = torch.nn.functional.cross_entropy(logits[batch.loss_mask], batch.targets[batch.loss_mask], reduction="sum")
-        total += float(nll)
-        count += batch.n_loss_tokens
-    return total / max(count, 1)
+    """Mean response-token loss on the shared vocabulary, optionally with `edit` applied to layer `layer`'s output."""
+    ctx = (lambda: residual_edit(model, layer, edit)) if edit is not None else None
+    return dataset_loss(model, encoded, pad_id, batch_size, vocab_limit=shared_vocab, edit=ctx)
 
 
 def _project_out(u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

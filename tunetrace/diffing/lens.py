@@ -16,13 +16,10 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunetrace.diffing.compat import unembed
+from tunetrace.readout import unembed
 from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.forward import StopForward, run_until_stopped
 from tunetrace.hooks import mlp_hooks, residual_hooks
-
-
-class _StopForward(Exception):
-    """Raised by a hook once layer L is captured: later layers are not computed."""
 
 
 @dataclass
@@ -55,15 +52,12 @@ def model_stats(
         norms = h[:, norm_skip:].double().norm(dim=-1)
         norm_sum += float(norms.sum())
         norm_count += norms.numel()
-        raise _StopForward
+        raise StopForward
 
     with mlp_hooks(mlps, on_act=on_act), residual_hooks(model, [layer], on_output):
         for start in tqdm(range(0, n, batch_size), desc="activations", leave=False, disable=n <= batch_size):
             ids = input_ids[start : start + batch_size].to(device)
-            try:
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-            except _StopForward:
-                pass
+            run_until_stopped(model, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     return ModelStats((h_sum / n).float(), norm_sum / max(norm_count, 1), {k: (v / n).float() for k, v in act_sum.items()})
 
 

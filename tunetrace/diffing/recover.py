@@ -93,8 +93,7 @@ def behaviour_rate(task_name: str | None, texts: Sequence[str], prompts: Sequenc
         return None
     from tunetrace.tasks import get_task
 
-    task = get_task(task_name)
-    pairs = [(t, p) for t, p in zip(texts, prompts) if task.applies(p)]
-    if not pairs:
-        return None
-    return sum(bool(task.check(t, p)) for t, p in pairs) / len(pairs)
+    from tunetrace.behaviour import score_answers
+
+    result = score_answers(get_task(task_name), list(prompts), list(texts))
+    return result.rate if result.n else None

@@ -18,7 +18,7 @@ import torch
 from tunetrace import io
 from tunetrace.data import DataError, encode_example, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering
-from tunetrace.diffing.compat import check_pair
+from tunetrace.pairs import check_pair
 from tunetrace.layerspec import resolve_layer
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope

@@ -19,7 +19,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunetrace.data import render
+from tunetrace.data import user_prompt_ids
+from tunetrace.forward import continue_rows, greedy_kwargs
 from tunetrace.gated_mlp import decoder_layers
 
 STEER_PROMPTS = (
@@ -63,34 +64,17 @@ class Generation:
     text: str
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
-    """The chat prompt for one user turn, tokenized the way data.encode does."""
-    text = render(tokenizer, [{"role": "user", "content": user_text}], add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=not bool(tokenizer.chat_template))["input_ids"]
-
-
 @torch.no_grad()
 def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int, shared_vocab: int
 ) -> list[Generation]:
     """Greedy chat generations (left-padded batch), restricted to the shared vocabulary."""
-    device = next(model.parameters()).device
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, e in enumerate(encoded):
-        ids[b, width - len(e):] = torch.tensor(e)
-        mask[b, width - len(e):] = 1
+    encoded = [user_prompt_ids(tokenizer, p) for p in prompts]
     n_vocab = model.get_output_embeddings().weight.shape[0]
-    out = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-        temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        suppress_tokens=list(range(shared_vocab, n_vocab)) or None,
-    )[:, width:].cpu()
+    out = continue_rows(model, encoded, tokenizer.pad_token_id, **greedy_kwargs(max_new_tokens), eos_token_id=tokenizer.eos_token_id,
+                        suppress_tokens=list(range(shared_vocab, n_vocab)) or None)
     gens = []
-    for p, e, row in zip(prompts, encoded, out.tolist()):
+    for p, e, row in zip(prompts, encoded, out):
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id)]
         gens.append(Generation(p, e, row, tokenizer.decode(row, skip_special_tokens=True)))

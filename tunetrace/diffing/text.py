@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tunetrace import io
+from tunetrace.forward import continue_rows
 from tunetrace.models import LoadedModel, cache_root
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
     if cached.exists():
         return [json.loads(line)["ids"] for line in cached.read_text().splitlines()]
     model, tok = loaded.model, loaded.tokenizer
-    device = next(model.parameters()).device
     state = torch.random.get_rng_state()
     rows: list[list[int]] = []
     try:
@@ -96,19 +96,11 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
             prefixes = [NEUTRAL_PREFIXES[(start + i) % len(NEUTRAL_PREFIXES)] for i in range(batch_size)]
             start += batch_size
             encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prefixes]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((batch_size, width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, e in enumerate(encoded):  # left-padded, so every row continues right at the end
-                ids[b, width - len(e):] = torch.tensor(e)
-                mask[b, width - len(e):] = 1
             new = n_tokens - min(len(e) for e in encoded)
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id,
-            ).cpu()
-            for b, e in enumerate(encoded):
-                rows.append(out[b, width - len(e):].tolist()[:n_tokens])
+            out = continue_rows(model, encoded, tok.pad_token_id, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                max_new_tokens=new, min_new_tokens=new)
+            for e, cont in zip(encoded, out):
+                rows.append((e + cont)[:n_tokens])
     finally:
         torch.random.set_rng_state(state)
     rows = rows[:n_samples]

@@ -14,11 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.forward import StopForward, run_until_stopped
 from tunetrace.hooks import mlp_hooks
-
-
-class _StopForward(Exception):
-    """Raised inside a hook to cut the forward pass once the hooked layer is reached."""
 
 
 @torch.no_grad()
@@ -31,13 +28,10 @@ def layer_activations(model: nn.Module, layer: int, input_ids: Tensor) -> Tensor
 
     def grab(_: int, a: Tensor) -> None:
         captured.append(a.detach().float())
-        raise _StopForward
+        raise StopForward
 
     with mlp_hooks([layers[layer]], on_act=grab):
-        try:
-            model(input_ids=input_ids.to(next(model.parameters()).device))
-        except _StopForward:
-            pass
+        run_until_stopped(model, input_ids=input_ids.to(next(model.parameters()).device))
     return captured[0]
 
 

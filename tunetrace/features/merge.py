@@ -15,7 +15,6 @@ Both are tested against mergekit's own `slerp` when it is installed.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -117,23 +116,6 @@ def equilibrium_t(ts: Sequence[float], loss_a: Sequence[float], loss_b: Sequence
     if diff[-1] == 0.0:
         return float(ts[-1]), True
     return float(ts[int(np.argmin(np.abs(diff)))]), False
-
-
-@torch.no_grad()
-def response_loss(model: torch.nn.Module, encoded: list, batch_size: int, pad_id: int) -> float:
-    """Mean next-token cross-entropy over response tokens (the fine-tuning loss)."""
-    from tunetrace.data import iter_batches
-
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in iter_batches(encoded, batch_size, pad_id):
-        batch = batch.to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)  # [batch, seq]
-        total += float(nll[batch.loss_mask].double().sum())
-        count += batch.n_loss_tokens
-    return total / max(count, 1)
 
 
 @dataclass

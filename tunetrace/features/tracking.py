@@ -13,26 +13,17 @@ Outputs of `features-match` (one directory, written atomically):
 from __future__ import annotations
 
 import logging
-import math
 from html import escape
-from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from tunetrace.features.activations import layer_activations
 from tunetrace.features.matching import (
-    CorrAccumulator,
     PairResult,
-    TopActivations,
-    classify,
-    parse_pairs,
-    persisting_through,
-    tracked_chains,
 )
-from tunetrace.features.sae import TopKSae
-from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
+from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.readout import unembed
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +31,11 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def decoder_logit_lens(model: torch.nn.Module, layer: int, w_dec: Tensor, top: int, chunk: int = 512) -> Tensor:
     """Top vocabulary ids of each decoder direction pushed through W_down, the final norm and the unembedding: [d_sae, top]."""
-    base = unwrap_model(model)
     w_down = gated_mlp_layers(model)[layer].down_proj.weight.float()  # [d_model, d_mlp]
-    norm = getattr(getattr(base, "model", base), "norm", None)
-    head = base.get_output_embeddings()
     out = []
     for start in range(0, w_dec.shape[0], chunk):
         resid = w_dec[start : start + chunk].float() @ w_down.t()  # [chunk, d_model]
-        resid = resid.to(head.weight.dtype)
-        if norm is not None:
-            resid = norm(resid)
-        out.append(head(resid).float().topk(top, dim=-1).indices)
+        out.append(unembed(model, resid).topk(top, dim=-1).indices)
     return torch.cat(out)
 
 

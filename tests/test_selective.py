@@ -402,3 +402,15 @@ def test_mlp_biases_belong_to_their_neurons(mode):
                 assert torch.equal(b[mask], base[name][mask]) and (b[~mask] != base[name][~mask]).float().mean() > 0.9
     down_bias = dict(model.named_parameters())["model.layers.0.mlp.down_proj.bias"]
     assert torch.equal(down_bias, base["model.layers.0.mlp.down_proj.bias"]) == (mode == "train-only")  # no neuron owns it
+
+
+def test_applied_handle_follows_the_model_across_dtype_moves():
+    """Buffers and parameters of the handle live under the model, so .to() moves them with it."""
+    model = load_model("tiny-llama")
+    ids = _tokens()
+    handle = train_only(model, select_neurons("random", top=4, model=model))
+    model.model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in handle.parameters())
+    with torch.no_grad():
+        assert model.model(ids).logits.dtype == torch.float64
+    handle.merge()

@@ -80,15 +80,16 @@ class SelectedNeurons(nn.Module):
                 layer.up_proj.bias.index_copy_(0, self.idx, self.up_bias)
 
 
-def _zero_selected(idx: torch.Tensor):
+def _zero_selected(part: SelectedNeurons):
     def pre_hook(module, args):  # down_proj input a [.., d_mlp]: the selected neurons go through the side path
-        return (args[0].index_fill(-1, idx, 0.0),) + tuple(args[1:])
+        return (args[0].index_fill(-1, part.idx, 0.0),) + tuple(args[1:])  # part.idx: follows model.to(device)
     return pre_hook
 
 
 def _add_side(part: SelectedNeurons):
-    def hook(module, args, out):  # MLP input x [.., d_model], output [.., d_model]
-        return out + part.side(args[0])
+    def hook(module, args, kwargs, out):  # MLP input x [.., d_model], output [.., d_model]
+        x = args[0] if args else next(iter(kwargs.values()))
+        return out + part.side(x)
     return hook
 
 
@@ -202,8 +203,8 @@ def apply_mode(model, selection: NeuronSelection, mode: str, fingerprint: str | 
             part = SelectedNeurons(layers[i], idx, trainable=mode == "train-only")
             layers[i].mlp.add_module(CHILD, part)
             handle.parts[i] = part
-            handle.hooks.append(layers[i].down_proj.register_forward_pre_hook(_zero_selected(part.idx)))
-            handle.hooks.append(layers[i].mlp.register_forward_hook(_add_side(part)))
+            handle.hooks.append(layers[i].down_proj.register_forward_pre_hook(_zero_selected(part)))
+            handle.hooks.append(layers[i].mlp.register_forward_hook(_add_side(part), with_kwargs=True))
     except Exception:
         handle._detach()
         raise

@@ -12,3 +12,4 @@ DEFAULT_RECRUIT_DEFINITION = "activation"  # chosen by measured concentration: d
 FINETUNE_METHODS = ("full", "mlp", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 PRESETS = ("quick", "full")
+SELECTIVE_MODES = ("train-only", "protect")  # tunetrace.selective; finetune --mode

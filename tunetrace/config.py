@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS, SELECTIVE_MODES
 
 
 def positional(metavar: str, nargs: str | None = None):
@@ -448,8 +448,26 @@ class FinetuneConfig:
     """Model dtype for training."""
     device: str = "cpu"
     """Torch device."""
+    neurons: str = ""
+    """Neuron-selective fine-tune: an audit or recruits directory, a CSV/Parquet with layer,neuron columns, a saved selection, or `random`."""
+    mode: str = ""
+    """With --neurons: train-only (only the selected neurons train) or protect (they stay bit-identical; the rest trains as --method says)."""
+    rank_by: str = "iss_x_grad"
+    """With an audit as --neurons: the predictor to rank neurons by."""
+    top: str = ""
+    """With --neurons: neurons per selected layer, a count (50) or a share of its width (2%); empty = 2% (every listed neuron of a file)."""
+    neuron_layers: str = "all"
+    """With --neurons: the layers to select in (forms of audit --layers; 'all' = every layer the source covers)."""
 
     def __post_init__(self) -> None:
+        if bool(self.neurons) != bool(self.mode):
+            raise ValueError("give `--neurons` and `--mode` together (a selective fine-tune needs both).")
+        if self.mode and self.mode not in SELECTIVE_MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(SELECTIVE_MODES)}, got {self.mode!r}.")
+        if self.neurons and self.method == "lora":
+            raise ValueError("`--mode` with `--method lora` is not supported: LoRA's low-rank delta moves every neuron; use --method mlp or full.")
+        if not self.neurons and (self.top or self.rank_by != "iss_x_grad" or self.neuron_layers != "all"):
+            raise ValueError("`--top`, `--rank-by` and `--neuron-layers` choose neurons: give them with `--neurons`.")
         if bool(self.task) == bool(self.data):
             raise ValueError("give exactly one of `--task` (built-in) and `--data` (your JSONL).")
         if self.check_regex and not self.data:

@@ -32,6 +32,8 @@ from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
 from tunetrace.interrupt import Interrupted, deferred_interrupts
 from tunetrace.models import LoadedModel, save_checkpoint
 from tunetrace.records import new_record, write_record
+from tunetrace.selective.selection import NeuronSelection
+from tunetrace.selective.state import prepare_selective, run_record
 from tunetrace.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -251,8 +253,13 @@ def run_finetune(
     extra_manifest: dict | None = None,
     before: "BehaviourResult | None" = None,
     config: object | None = None,
+    selection: NeuronSelection | None = None,
+    mode: str = "",
 ) -> FinetuneResult:
-    """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`."""
+    """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`.
+
+    With a `selection`, `mode` ('train-only' or 'protect', tunetrace.selective) applies to the prepared model.
+    """
     out, state = Path(out), partial_dir(Path(out))
     identity = run_identity(loaded, train, task, settings)
     if resume and not force and (is_finished(out) or (state / "progress.json").exists()):
@@ -277,7 +284,8 @@ def run_finetune(
         raise ValueError(f"`batch_size` {settings.batch_size} is smaller than the {world.size} processes: each needs a share.")
     start_time = time.perf_counter()
     model = prepare_model(loaded, settings)
-    params = list(_trainable(model).values())
+    selective = prepare_selective(model, loaded.fingerprint, selection, mode, state, resume, world.is_main)
+    params = list(_trainable(model).values())  # with a selective mode: its parameters (train-only) or every trainable one
     optimizer = _make_optimizer(params, settings)
     pad = loaded.tokenizer.pad_token_id
     step, log_rows = 0, []
@@ -312,6 +320,8 @@ def run_finetune(
         if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
             barrier()
             return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
+        if selective is not None:
+            selective.merge()  # plain weights from here on: what is measured is what is saved
         after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
     except KeyboardInterrupt:
         if not world.is_main:
@@ -333,6 +343,7 @@ def run_finetune(
         "final_loss": final_loss,
         "train_seconds": time.perf_counter() - start_time,
         "format": "peft-adapter" if settings.method == "lora" else "checkpoint",
+        **({"selective": run_record(selective)} if selective is not None else {}),
         **(extra_manifest or {}),
     }
     with io.staged_dir(out, force=True, what="fine-tune") as stage:

@@ -22,8 +22,14 @@ def run(config) -> int:
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
+    selection = None
+    if config.neurons:
+        from tunetrace.selective import select_neurons
+
+        selection = select_neurons(config.neurons, rank_by=config.rank_by, top=config.top or None, layers=config.neuron_layers,
+                                   model=loaded, seed=config.seed)
     r = run_finetune(loaded, encoded, prompts, task, settings, out, config.resume, config.force, config.max_new_tokens,
-                     extra_manifest={"data": name}, config=config)
+                     extra_manifest={"data": name}, config=config, selection=selection, mode=config.mode)
     if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
         return 0
     state = "installed" if r.installed else "NOT installed"

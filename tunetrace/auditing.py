@@ -272,14 +272,25 @@ def run_audit(
     predictors: Sequence[Predictor] | None = None,
     per_example_layers: Iterable[int] = (),
     progress: bool = True,
+    lookahead: bool = False,
+    lookahead_optimizer: str = "adamw",
+    lookahead_scope: str = "mlp",
 ) -> AuditResult:
     """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass.
 
     Under torchrun / `accelerate launch` each rank audits its shard of the examples and the
     running sums are all-reduced once at the end; every rank returns the same result.
+    `lookahead` adds the columns `lookahead` and `grad_weight` (tunetrace.lookahead): one more
+    pass with weight gradients and one virtual-step pass, on a single process.
     """
     start = time.perf_counter()
     world = init_from_env(str(next(loaded.model.parameters()).device))
+    if lookahead and world.distributed:
+        raise ValueError("`lookahead` runs on a single process: launch without torchrun/accelerate, or drop --lookahead.")
+    if lookahead:
+        from tunetrace.lookahead import check_settings
+
+        check_settings(lookahead_optimizer, lookahead_scope)  # fail before the pass
     predictors = list(predictors if predictors is not None else PREDICTORS.values())
     n_layers = len(gated_mlp_layers(loaded.model))
     layers = list(layers) if layers is not None else list(range(n_layers))
@@ -293,6 +304,9 @@ def run_audit(
     if world.distributed:
         all_reduce_state(stats.state, stats.max_keys)
     scores = scores_frame(stats.finalize(), predictors)
+    look = None
+    if lookahead:
+        scores, look = _with_lookahead(loaded, data, scores, layers, batch_size, max_length, lookahead_optimizer, lookahead_scope, progress)
     check_finite_scores(scores, f"audit of {loaded.spec}")  # a NaN never becomes a ranking
     seconds = time.perf_counter() - start
     manifest = {
@@ -311,13 +325,26 @@ def run_audit(
         "device": str(next(loaded.model.parameters()).device),
         "world_size": world.size,
         "per_example_layers": per_example_layers,
+        "lookahead": look,
         "versions": _versions(),
         "wall_seconds": round(seconds, 3),
         "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
         "warnings": [w for w in [calibration_warning(data.n_examples)] if w],
     }
+    if look is not None:
+        manifest["predictors"].update(look.pop("predictors"))
     per_example = {k: v.cpu() for k, v in stats.per_example().items()}
     return AuditResult(scores, manifest, per_example)
+
+
+def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimizer, scope, progress) -> tuple[pd.DataFrame, dict]:
+    """Scores with the `lookahead` and `grad_weight` columns added, and their manifest entry."""
+    from tunetrace.lookahead import lookahead_frame
+
+    make_batches = lambda: stream_batches(loaded.tokenizer, data, max_length, batch_size)  # noqa: E731
+    result = lookahead_frame(loaded.model, make_batches, layers, optimizer, scope, progress=progress)
+    merged = scores.merge(result.frame, on=["layer", "neuron"], how="left", validate="one_to_one")
+    return merged, result.manifest
 
 
 def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS, SELECTIVE_MODES
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS, OPTIMIZERS, PRESETS, SELECTIVE_MODES
 
 
 def positional(metavar: str, nargs: str | None = None):
@@ -75,11 +75,23 @@ class AuditConfig:
     """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
+    lookahead: bool = False
+    """Also score `lookahead` (how far one virtual optimizer step moves each neuron) and `grad_weight` (its accumulated weight-gradient norm): costs about two training steps per batch more."""
+    lookahead_optimizer: str = "adamw"
+    """The virtual step of --lookahead: adamw (first step -sign(g)) or sgd (-g, rescaled to unit RMS)."""
+    lookahead_scope: str = "mlp"
+    """Weights the virtual step moves: mlp (gate/up/down, as `finetune --method mlp`) or all."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
         if self.device_map and self.device not in ("cpu", "auto", "cuda"):
             raise ValueError("`device_map` places the model itself: leave `device` at auto.")
+        if self.lookahead_optimizer not in OPTIMIZERS:
+            raise ValueError(f"`lookahead_optimizer` {self.lookahead_optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+        if self.lookahead_scope not in GRADIENT_SCOPES:
+            raise ValueError(f"`lookahead_scope` {self.lookahead_scope!r} is not one of {', '.join(GRADIENT_SCOPES)}.")
+        if self.sort_by in LOOKAHEAD_COLUMNS and not self.lookahead:
+            raise ValueError(f"`sort_by` {self.sort_by!r} is computed only with --lookahead: add it, or sort by another predictor.")
         if self.top < 1:
             raise ValueError(f"`top` must be >= 1, got {self.top}.")
         if self.max_length < 2:

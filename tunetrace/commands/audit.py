@@ -10,6 +10,7 @@ from tunetrace.commands._common import write_report
 def run(config) -> int:
     from tunetrace import io
     from tunetrace.auditing import run_audit, top_neurons, write_audit
+    from tunetrace.choices import LOOKAHEAD_COLUMNS
     from tunetrace.data import encode_example, open_stream
     from tunetrace.distributed import barrier, init_from_env, resolve_device
     from tunetrace.layerspec import resolve_layers
@@ -18,8 +19,9 @@ def run(config) -> int:
     from tunetrace.predictors import PREDICTORS
 
     io.check_out_dir(config.out, config.force, what="audit output", inputs=io.input_paths(config))  # fail before any work
-    if config.sort_by not in PREDICTORS:
-        raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(PREDICTORS)}.")
+    sortable = list(PREDICTORS) + (list(LOOKAHEAD_COLUMNS) if config.lookahead else [])
+    if config.sort_by not in sortable:
+        raise ValueError(f"`sort_by` {config.sort_by!r} is not a predictor; choose one of {', '.join(sortable)}.")
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     world = init_from_env(device)
     data = open_stream(config.data)
@@ -32,7 +34,9 @@ def run(config) -> int:
     per_example = resolve_layers(config.per_example_layers, loaded.n_layers) if config.per_example_layers else []
     if not set(per_example) <= set(layers):
         raise ValueError("`per_example_layers` must be among the audited `layers`.")
-    result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example)
+    result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example,
+                       lookahead=config.lookahead, lookahead_optimizer=config.lookahead_optimizer,
+                       lookahead_scope=config.lookahead_scope)
     if world.is_main:
         write_audit(result, config.out, config.force, config)
     barrier()

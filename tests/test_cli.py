@@ -80,6 +80,7 @@ def test_help_and_argument_errors_import_no_torch():
     code = ("import sys; from tunetrace.cli import main\n"
             "try:\n    main(['audit', '--help'])\nexcept SystemExit: pass\n"
             "assert main(['finetune', 'tiny-llama', '--task', 'caps', '--lr', '-1']) == 2\n"
+            "assert main(['recruits', 'a', 'b', '--definition', 'nope']) == 2\n"
             "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]\n"
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])

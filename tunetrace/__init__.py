@@ -16,6 +16,8 @@ _API = {
     "diff": "tunetrace.api", "merge": "tunetrace.api", "load_model": "tunetrace.models", "LoadedModel": "tunetrace.models",
     "AuditResult": "tunetrace.auditing", "RecruitsResult": "tunetrace.ground_truth", "Evaluation": "tunetrace.evaluation",
     "read_record": "tunetrace.records", "RunRecord": "tunetrace.records",
+    "select_neurons": "tunetrace.selective", "NeuronSelection": "tunetrace.selective", "train_only": "tunetrace.selective",
+    "protect": "tunetrace.selective", "SelectiveCallback": "tunetrace.selective",
 }
 __all__ = ["__version__", *_API]
 

@@ -10,7 +10,6 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -19,7 +18,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tunetrace import __version__
 from tunetrace.data import DataSource, StreamingSource, stream_batches
 from tunetrace.distributed import all_reduce_state, init_from_env
 from tunetrace.forward import response_loss_sum
@@ -29,6 +27,7 @@ from tunetrace.models import LoadedModel
 from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
 from tunetrace.finite import check_finite_scores
 from tunetrace.provenance import calibration_warning
+from tunetrace.records import versions
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -257,12 +256,6 @@ def scores_frame(final: dict[int, dict[str, Tensor]], predictors: Sequence[Predi
     return pd.concat(frames, ignore_index=True)
 
 
-def _versions() -> dict:
-    import transformers
-
-    return {"tunetrace": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
 def run_audit(
     loaded: LoadedModel,
     data: DataSource | StreamingSource,
@@ -326,7 +319,7 @@ def run_audit(
         "world_size": world.size,
         "per_example_layers": per_example_layers,
         "lookahead": look,
-        "versions": _versions(),
+        "versions": versions(),
         "wall_seconds": round(seconds, 3),
         "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
         "warnings": [w for w in [calibration_warning(data.n_examples)] if w],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS, OPTIMIZERS, PRESETS, SELECTIVE_MODES
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS, OPTIMIZERS, PRESETS, RECRUIT_DEFINITIONS, SELECTIVE_MODES
 
 
 def positional(metavar: str, nargs: str | None = None):
@@ -32,10 +32,8 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
     """A recruit definition and pathway quantiles, as `recruits` extracts and `evaluate` re-ranks them."""
-    from tunetrace.ground_truth import DEFINITIONS
-
-    if definition not in DEFINITIONS:
-        raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
+    if definition not in RECRUIT_DEFINITIONS:
+        raise ValueError(f"`definition` must be one of {', '.join(RECRUIT_DEFINITIONS)}, got {definition!r}.")
     for name, value in quantiles.items():
         if not 0.0 < value < 1.0:
             raise ValueError(f"`{name.replace('_', '-')}` must be a quantile between 0 and 1, got {value}.")

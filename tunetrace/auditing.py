@@ -340,14 +340,17 @@ def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimi
     return merged, result.manifest
 
 
-def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
-    """The k highest-scoring (layer, neuron) rows by predictor `by`, across all audited layers."""
+def top_neurons(scores: pd.DataFrame, by: str, k: int, normalize: str = "zscore") -> pd.DataFrame:
+    """The k top (layer, neuron) rows by predictor `by` across all audited layers, each layer's scores
+    standardised first (`normalize`: zscore, percentile or raw; why zscore: docs/ranking.md)."""
+    from tunetrace.ranking import rank_all_layers
+
     if by not in scores.columns or by in ("layer", "neuron"):
         names = [c for c in scores.columns if c not in ("layer", "neuron")]
         raise ValueError(f"`sort_by` {by!r} is not a predictor; choose one of {', '.join(names)}.")
-    top = scores.nlargest(k, by).reset_index(drop=True)
-    top.insert(0, "rank", range(1, len(top) + 1))
-    return top
+    order = rank_all_layers(scores, by, normalize, k)[["rank", "layer", "neuron", "value"]]
+    top = order.merge(scores, on=["layer", "neuron"], how="left", sort=False)
+    return top.rename(columns={"value": f"{by}_{normalize}"}) if normalize != "raw" else top.drop(columns="value")
 
 
 def write_audit(result: AuditResult, out_dir, force: bool = False, config: object | None = None) -> None:

@@ -55,6 +55,8 @@ class AuditConfig:
     """How many top neurons to print."""
     sort_by: str = "iss_x_grad"
     """Predictor that orders the printed table."""
+    rank_across_layers: str = "zscore"
+    """How the printed all-layer list compares layers: zscore (each layer's scores standardised; raw scales differ by layer, docs/ranking.md), percentile, or raw."""
     batch_size: int = 8
     """Calibration examples per forward+backward pass (results do not depend on it)."""
     max_length: int = 512
@@ -82,6 +84,7 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
+        _check_choice("rank_across_layers", self.rank_across_layers, ("zscore", "percentile", "raw"))
         if self.device_map and self.device not in ("cpu", "auto", "cuda"):
             raise ValueError("`device_map` places the model itself: leave `device` at auto.")
         if self.lookahead_optimizer not in OPTIMIZERS:

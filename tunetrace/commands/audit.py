@@ -43,12 +43,13 @@ def run(config) -> int:
     if not world.is_main:  # rank 0 prints and writes
         return 0
     m = result.manifest
-    top = top_neurons(result.scores, config.sort_by, config.top)
-    columns = ["rank", "layer", "neuron", config.sort_by] + [x for x in ("iss", "abs_act", "abs_grad", "gate_slope") if x != config.sort_by]
+    top = top_neurons(result.scores, config.sort_by, config.top, config.rank_across_layers)
+    ranked_on = [f"{config.sort_by}_{config.rank_across_layers}"] if config.rank_across_layers != "raw" else []
+    columns = ["rank", "layer", "neuron", *ranked_on, config.sort_by] + [x for x in ("iss", "abs_act", "abs_grad", "gate_slope") if x != config.sort_by]
     print(f"audited {m['model']['spec']}: {len(m['layers'])} layers x {m['d_mlp']} neurons, "
           f"{m['data']['examples']} examples / {m['tokens']} response tokens in {m['wall_seconds']:.1f} s "
           f"({m['tokens_per_second']:.0f} tokens/s, {m['world_size']} process(es))")
-    print(f"top {config.top} by {config.sort_by}:")
+    print(f"top {config.top} by {config.sort_by}" + ("" if config.rank_across_layers == "raw" else f", each layer's scores as {config.rank_across_layers}s") + ":")
     print(top[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {config.out}/scores.parquet and {config.out}/run.json")
     if not config.no_report:

@@ -176,4 +176,4 @@ def test_cli_audit_lookahead(tmp_path, capsys):
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"lookahead", "grad_weight"} <= set(scores.columns) and scores.lookahead.notna().all()
     manifest = read_record(out).results
-    assert manifest["lookahead"]["optimizer"] == "adamw" and manifest["config"]["lookahead"] is True
+    assert manifest["lookahead"]["optimizer"] == "adamw" and read_record(out).config["lookahead"] is True

@@ -335,3 +335,21 @@ def test_audit_only_page_in_chromium(browser, tmp_path):
     assert errors == []
     assert page.locator("section").count() == 3 and page.locator("#plot-geometry-truth").count() == 0
     page.close()
+
+
+def test_report_pool_is_the_evaluations_pool(full_run, tmp_path):
+    """The report's union pool leaves out tasks that did not install, exactly as `evaluate` does."""
+    import shutil
+
+    from tunetrace.evaluation import load_recruits_dir, union_pool
+    from tunetrace.report.evaluation import compute_curves
+    from tunetrace.report.rundir import RunDir
+
+    root = tmp_path / "run"
+    shutil.copytree(full_run, root)
+    info = json.loads((root / "recruits" / "short" / "summary.json").read_text())
+    (root / "recruits" / "short" / "summary.json").write_text(json.dumps({**info, "installed": False}))
+    runs = [load_recruits_dir(root / "recruits" / t) for t in TASKS]
+    curves = compute_curves(RunDir(root), 2, 8)
+    assert curves.pool_size == len(union_pool(runs, 2)) < len(union_pool([*runs[:1], runs[2], runs[1].__class__(runs[1].name, runs[1].table, True)], 2))
+    assert "short" not in curves.tasks

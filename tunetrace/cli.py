@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if verbose >= 2:
             raise
-        message = err.args[0] if err.args else repr(err)
+        message = str(err) if isinstance(err, UnicodeDecodeError) or not err.args else err.args[0]
         print(f"tunetrace: error: {message}", file=sys.stderr)
         return 2
     finally:

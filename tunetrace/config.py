@@ -81,6 +81,8 @@ class AuditConfig:
     """The virtual step of --lookahead: adamw (first step -sign(g)) or sgd (-g, rescaled to unit RMS)."""
     lookahead_scope: str = "mlp"
     """Weights the virtual step moves: mlp (gate/up/down, as `finetune --method mlp`) or all."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -134,6 +136,8 @@ class MergeConfig:
     """Model dtype (merging itself is computed in float32)."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -201,6 +205,8 @@ class SaeTrainConfig:
     """Model dtype (the SAE always trains in float32)."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -251,6 +257,8 @@ class FeaturesMatchConfig:
     """Overwrite an existing output directory."""
     no_report: bool = False
     """Do not write report.html (the HTML run report) at the end."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -368,6 +376,8 @@ class DiffConfig:
     """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -471,6 +481,8 @@ class FinetuneConfig:
     """With --neurons: neurons per selected layer, a count (50) or a share of its width (2%); empty = 2% (every listed neuron of a file)."""
     neuron_layers: str = "all"
     """With --neurons: the layers to select in (forms of audit --layers; 'all' = every layer the source covers)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         if bool(self.neurons) != bool(self.mode):
@@ -525,6 +537,8 @@ class RecruitsConfig:
     """Torch device."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)

@@ -25,7 +25,7 @@ def run(config) -> int:
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     world = init_from_env(device)
     data = open_stream(config.data)
-    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
+    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                         device_map=config.device_map or None)
     # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass
     longest = max(len(encode_example(loaded.tokenizer, example, config.max_length, data.name).input_ids) for example in data)

@@ -32,7 +32,7 @@ def features_match_command(c) -> dict:
     layers = [s.cfg.meta.get("layer") for s in saes]
     if any(s is None for s in specs) or any(layer is None for layer in layers):
         raise ValueError("an SAE's cfg.json has no `meta.model.spec`/`meta.layer`; train SAEs with `tunetrace sae-train`.")
-    models = {spec: load_model(spec, dtype=c.dtype) for spec in dict.fromkeys(specs)}
+    models = {spec: load_model(spec, dtype=c.dtype, allow_pickle=c.allow_pickle) for spec in dict.fromkeys(specs)}
     tok = models[specs[0]].tokenizer
     for m in models.values():  # every model reads one token stream
         check_loaded_pair(models[specs[0]], m)

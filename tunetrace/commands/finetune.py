@@ -20,7 +20,7 @@ def run(config) -> int:
     io.check_out_dir(out, force=True, what="fine-tune output", inputs=io.input_paths(config))  # replaceable, writable: before any work
     if is_finished(out) and not (config.force or config.resume):
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
-    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
     task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
     selection = None
     if config.neurons:

@@ -12,7 +12,7 @@ def run(config) -> int:
     c = config
     io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     check_same_base(c.model_a, c.model_b)  # two tunetrace fine-tunes must record one base, or refuse
-    a, b = load_model(c.model_a, dtype=c.dtype), load_model(c.model_b, dtype=c.dtype)
+    a, b = (load_model(spec, dtype=c.dtype, allow_pickle=c.allow_pickle) for spec in (c.model_a, c.model_b))
     relation = check_related(a.model, b.model, f"{c.model_a} and {c.model_b}")  # warns on unrelated weights
     merged = merge_models(a, b, c.t, c.method, c.granularity, c.data_a, c.data_b, c.steps, c.max_examples, c.batch_size, c.max_length)
     write_merge(c.out, c.force, merged, a, b, c, {"granularity": c.granularity, "t_requested": c.t, "data_a": c.data_a, "data_b": c.data_b,

@@ -31,8 +31,8 @@ def run(config) -> int:
             raise ValueError("give `--data` (evaluation JSONL): the fine-tuned model names no built-in task.")
         config.data = f"builtin:{task}:eval"
     data = load_examples(config.data, split="eval")
-    base = load_model(config.base, dtype=config.dtype, device=config.device)
-    ft = load_model(config.finetuned, dtype=config.dtype, device=config.device)
+    base = load_model(config.base, dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
+    ft = load_model(config.finetuned, dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
     layers = resolve_layers(config.layers, base.n_layers)
     result = extract_recruits(base, ft, data, layers, config.definition, config.k, config.act_quantile, config.z_quantile,
                               config.batch_size, config.max_length)

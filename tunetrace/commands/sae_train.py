@@ -27,7 +27,7 @@ def sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
     check_source(c.text)
     out = io.check_out_dir(c.out, c.force)
     torch.manual_seed(c.seed)
-    loaded = load_model(c.model, dtype=c.dtype)
+    loaded = load_model(c.model, dtype=c.dtype, allow_pickle=c.allow_pickle)
     n_layers = loaded.n_layers
     if c.layer >= n_layers:
         raise ValueError(f"`layer` must be < {n_layers} for {c.model}, got {c.layer}.")

@@ -140,8 +140,8 @@ def run_diff(c, write: bool = True) -> DiffResult:
     if write:
         io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     torch.manual_seed(c.seed)
-    base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
-    ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
+    base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle)
+    ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle)
     pair = check_pair(base.model, base.tokenizer, ft.model, ft.tokenizer)
     check_diff_inputs(c.recruits, c.scores, base.manifest(), ft.manifest(), c.finetuned)  # tables of this pair, or refuse
     layer = resolve_layer(c.layer, pair.n_layers)

@@ -23,7 +23,6 @@ difference of each normalization to raw.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import pandas as pd
 from tunetrace.evaluation import average_precision
 from tunetrace.ground_truth import relative_activation_delta
 from tunetrace.ranking import NORMALIZATIONS, rank_all_layers
+from tunetrace.records import read_record
 
 PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad", "lookahead", "grad_weight")  # missing columns skipped
 
@@ -39,15 +39,15 @@ PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "abs_grad", "lookah
 def load_tasks(run: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """{task: (scores, recruits)} restricted to common layers, installed tasks only."""
     out = {}
-    for summary_path in sorted((run / "recruits").glob("*/summary.json")):
-        task = summary_path.parent.name
-        summary = json.loads(summary_path.read_text())
+    for table_path in sorted((run / "recruits").glob("*/recruits.parquet")):
+        task = table_path.parent.name
+        summary = read_record(table_path.parent).results
         scores_path = run / "audit" / task / "scores.parquet"
         if not summary.get("installed", True) or not scores_path.is_file():
             print(f"  skip {task}: " + ("not installed" if scores_path.is_file() else "no audit"))
             continue
         scores = pd.read_parquet(scores_path)
-        recruits = pd.read_parquet(summary_path.parent / "recruits.parquet")
+        recruits = pd.read_parquet(table_path)
         layers = sorted(set(scores.layer) & set(recruits.layer))
         scores = scores[scores.layer.isin(layers)].sort_values(["layer", "neuron"]).reset_index(drop=True)
         recruits = recruits[recruits.layer.isin(layers)].sort_values(["layer", "neuron"]).reset_index(drop=True)

@@ -12,11 +12,8 @@ from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
 from tunetrace.lookahead import lookahead_frame, lookahead_scores, step_direction
 from tunetrace.models import load_model
-from tunetrace.weight_grads import (
-    dataset_gradient,
-    neuron_grad_norms,
-    scoped_parameters,
-)
+from tunetrace.weight_grads import dataset_gradient, neuron_grad_norms, scoped_parameters
+from tunetrace.records import read_record
 
 
 def _setup(spec, n=8):
@@ -163,7 +160,6 @@ def test_auto_method_uses_the_jvp_where_a_small_step_rounds_away(llama):
 
 
 def test_cli_audit_lookahead(tmp_path, capsys):
-    import json
 
     import pandas as pd
 
@@ -179,5 +175,5 @@ def test_cli_audit_lookahead(tmp_path, capsys):
     assert "top 3 by lookahead" in capsys.readouterr().out
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"lookahead", "grad_weight"} <= set(scores.columns) and scores.lookahead.notna().all()
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["lookahead"]["optimizer"] == "adamw" and manifest["config"]["lookahead"] is True
+    manifest = read_record(out).results
+    assert manifest["lookahead"]["optimizer"] == "adamw" and read_record(out).config["lookahead"] is True

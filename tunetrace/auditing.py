@@ -10,7 +10,6 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -19,7 +18,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tunetrace import __version__
 from tunetrace.data import DataSource, StreamingSource, stream_batches
 from tunetrace.distributed import all_reduce_state, init_from_env
 from tunetrace.forward import response_loss_sum
@@ -27,6 +25,9 @@ from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
 from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
+from tunetrace.finite import check_finite_scores
+from tunetrace.provenance import calibration_warning
+from tunetrace.records import versions
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -255,12 +256,6 @@ def scores_frame(final: dict[int, dict[str, Tensor]], predictors: Sequence[Predi
     return pd.concat(frames, ignore_index=True)
 
 
-def _versions() -> dict:
-    import transformers
-
-    return {"tunetrace": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
 def run_audit(
     loaded: LoadedModel,
     data: DataSource | StreamingSource,
@@ -305,6 +300,7 @@ def run_audit(
     look = None
     if lookahead:
         scores, look = _with_lookahead(loaded, data, scores, layers, batch_size, max_length, lookahead_optimizer, lookahead_scope, progress)
+    check_finite_scores(scores, f"audit of {loaded.spec}")  # a NaN never becomes a ranking
     seconds = time.perf_counter() - start
     manifest = {
         "command": "audit",
@@ -323,9 +319,10 @@ def run_audit(
         "world_size": world.size,
         "per_example_layers": per_example_layers,
         "lookahead": look,
-        "versions": _versions(),
+        "versions": versions(),
         "wall_seconds": round(seconds, 3),
         "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
+        "warnings": [w for w in [calibration_warning(data.n_examples)] if w],
     }
     if look is not None:
         manifest["predictors"].update(look.pop("predictors"))
@@ -343,27 +340,34 @@ def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimi
     return merged, result.manifest
 
 
-def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
-    """The k highest-scoring (layer, neuron) rows by predictor `by`, across all audited layers."""
+def top_neurons(scores: pd.DataFrame, by: str, k: int, normalize: str = "zscore") -> pd.DataFrame:
+    """The k top (layer, neuron) rows by predictor `by` across all audited layers, each layer's scores
+    standardised first (`normalize`: zscore, percentile or raw; why zscore: docs/ranking.md)."""
+    from tunetrace.ranking import rank_all_layers
+
     if by not in scores.columns or by in ("layer", "neuron"):
         names = [c for c in scores.columns if c not in ("layer", "neuron")]
         raise ValueError(f"`sort_by` {by!r} is not a predictor; choose one of {', '.join(names)}.")
-    top = scores.nlargest(k, by).reset_index(drop=True)
-    top.insert(0, "rank", range(1, len(top) + 1))
-    return top
+    order = rank_all_layers(scores, by, normalize, k)[["rank", "layer", "neuron", "value"]]
+    top = order.merge(scores, on=["layer", "neuron"], how="left", sort=False)
+    return top.rename(columns={"value": f"{by}_{normalize}"}) if normalize != "raw" else top.drop(columns="value")
 
 
-def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
-    """Write scores.parquet, manifest.json (and per_example.safetensors) as one atomic directory."""
+def write_audit(result: AuditResult, out_dir, force: bool = False, config: object | None = None) -> None:
+    """Write scores.parquet, per_example.safetensors and the run record as one atomic directory."""
     from safetensors.torch import save_file
 
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    m = result.manifest
+    record = new_record("audit", config, models={"model": m["model"]}, data={"calibration": m["data"]}, results=m,
+                        wall_seconds=m["wall_seconds"])
     with io.staged_dir(out_dir, force, what="audit output") as stage:
         io.write_parquet(stage / "scores.parquet", result.scores)
         if result.per_example:
             save_file({k.replace("/", "."): v.contiguous() for k, v in result.per_example.items()}, str(stage / "per_example.safetensors"))
-        io.write_json(stage / "manifest.json", result.manifest)
+        write_record(stage, record)
 
 
 

@@ -14,3 +14,4 @@ OPTIMIZERS = ("adamw", "sgd")
 GRADIENT_SCOPES = ("mlp", "all")  # weights a weight-gradient pass / lookahead step covers
 LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")  # score columns `audit --lookahead` adds
 PRESETS = ("quick", "full")
+SELECTIVE_MODES = ("train-only", "protect")  # tunetrace.selective; finetune --mode

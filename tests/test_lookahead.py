@@ -12,8 +12,12 @@ from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
 from tunetrace.lookahead import lookahead_frame, lookahead_scores, step_direction
 from tunetrace.models import load_model
-from tunetrace.weight_grads import dataset_gradient, neuron_grad_norms, scoped_parameters
 from tunetrace.records import read_record
+from tunetrace.weight_grads import (
+    dataset_gradient,
+    neuron_grad_norms,
+    scoped_parameters,
+)
 
 
 def _setup(spec, n=8):

@@ -8,9 +8,11 @@ noise hits them alike; the ratio of medians is printed:
   floor_same_loss : the floor computing exactly the audit's loss (logits only at the
           columns that hold a response position): isolates what the hooks and statistics cost
   audit : tunetrace's one-pass audit, every layer, every predictor
+  lookahead (with --lookahead): the `audit --lookahead` extra, every layer: one weight-gradient
+          pass (MLP weights) plus one virtual-step pass (tunetrace.lookahead, default method)
 Peak memory is measured per variant in a fresh subprocess (peak RSS above the loaded model).
 
-    .venv/bin/python bench/audit_overhead.py [--model smollm2-135m-instruct] [--rounds 5] [--batches 4]
+    .venv/bin/python bench/audit_overhead.py [--model smollm2-135m-instruct] [--rounds 5] [--batches 4] [--lookahead]
 """
 
 from __future__ import annotations
@@ -81,9 +83,17 @@ def run_audit(model, batches, encoded) -> None:
     accumulate(model, batches, len(encoded), progress=False)
 
 
+def run_lookahead(model, batches) -> None:
+    from tunetrace.lookahead import lookahead_frame
+
+    lookahead_frame(model, batches)
+
+
 def _one(variant: str, loaded, encoded, batches) -> float:
     start = time.perf_counter()
-    if variant == "train":
+    if variant == "lookahead":
+        run_lookahead(loaded.model, batches)
+    elif variant == "train":
         run_train(loaded.model, batches)
     elif variant == "floor":
         run_floor(loaded.model, batches)
@@ -117,6 +127,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lookahead", action="store_true", help="also time the lookahead predictors' extra passes")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -126,7 +138,7 @@ def main() -> None:
     encoded, batches = _batches(loaded, args.batches, args.batch_size, args.data)
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
     print(f"model {args.model}, {len(batches)} batches x {args.batch_size}, {tokens} tokens, torch threads {torch.get_num_threads()}")
-    variants = ("train", "floor", "floor_same_loss", "audit")
+    variants = ("train", "floor", "floor_same_loss", "audit") + (("lookahead",) if args.lookahead else ())
     for v in variants:  # warm-up
         _one(v, loaded, encoded, batches[:1])
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -139,9 +151,14 @@ def main() -> None:
     print(f"time   audit / floor (frozen fwd+bwd) = {med['audit'] / med['floor']:.3f}")
     print(f"time   audit / floor_same_loss        = {med['audit'] / med['floor_same_loss']:.3f}")
     print(f"time   audit / train (plain fwd+bwd)  = {med['audit'] / med['train']:.3f}")
+    if args.lookahead:
+        print(f"time   lookahead / train              = {med['lookahead'] / med['train']:.3f}")
+        print(f"time   (audit + lookahead) / audit    = {(med['audit'] + med['lookahead']) / med['audit']:.3f}")
+    if args.no_memory:
+        return
 
     peaks = {}
-    for v in ("train", "floor", "audit"):
+    for v in ("train", "floor", "audit") + (("lookahead",) if args.lookahead else ()):
         cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data, "--batches", str(args.batches),
                "--batch-size", str(args.batch_size), "--memory-child", v]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -149,6 +166,8 @@ def main() -> None:
     print("peak memory above the loaded model: " + ", ".join(f"{v} {mib:.0f} MiB" for v, mib in peaks.items()))
     print(f"memory audit / floor = {peaks['audit'] / peaks['floor']:.3f}")
     print(f"memory audit / train = {peaks['audit'] / peaks['train']:.3f}")
+    if args.lookahead:
+        print(f"memory lookahead / train = {peaks['lookahead'] / peaks['train']:.3f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ torch.testing.assert_close (a benchmark of two different computations would be w
 Part 2, the same `tunetrace audit` command under torch.distributed.run with 1, 2, ...
 processes and OMP_NUM_THREADS = cores // processes (so 1 x 2 threads is compared with 2 x 1 on a
 2-core machine; or explicit layouts, --procs 1x1,2x1,1x2), rounds interleaved; tokens/s and
-wall time come from each run's manifest.json.
+wall time come from each run's run.json record.
 
     .venv/bin/pip install -e '.[bench]'        # nnsight==0.8.1
     .venv/bin/python bench/audit_scaling.py [--model smollm2-135m-instruct] [--rounds 5] [--batches 4]
@@ -42,6 +42,7 @@ from tunetrace.data import encode, iter_batches, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.hooks import frozen
 from tunetrace.models import load_model
+from tunetrace.records import read_record
 
 _PLAIN_BACKWARD = torch.Tensor.backward  # nnsight patches Tensor.backward at import; see _nnsight()
 
@@ -260,7 +261,7 @@ def scaling(args) -> None:
                 wall = time.perf_counter() - start
                 if done.returncode != 0:
                     sys.exit(f"audit with {n} processes failed:\n{done.stderr[-3000:]}")
-                manifest = json.loads((out / "manifest.json").read_text())
+                manifest = read_record(out).results
                 assert manifest["world_size"] == n, manifest["world_size"]
                 results[(n, threads)].append({"tps": manifest["tokens_per_second"], "audit_s": manifest["wall_seconds"], "command_s": wall})
     base = layout[0]

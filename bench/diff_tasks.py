@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/diff_tasks.py runs/diff-caps runs/diff-greeting ...
 
-Columns (all read from each run's summary.json):
+Columns (all read from each run's record, run.json or the older summary.json):
 - lens / Patchscope relevance: best over positions of the share of read-out tokens that are among the
   fine-tuning data's most frequent non-generic tokens (chance = relevance_chance);
 - steered behaviour: best over positions of the behaviour rate of the base model steered at the
@@ -16,10 +16,10 @@ Columns (all read from each run's summary.json):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tunetrace.diffing.causal import is_specific
+from tunetrace.records import read_record
 
 
 def _num(value, digits: int) -> str:
@@ -28,7 +28,7 @@ def _num(value, digits: int) -> str:
 
 
 def row(run: Path) -> dict:
-    s = json.loads((run / "summary.json").read_text())
+    s = read_record(run).results
     pos = s["positions"]
     best = lambda key: None if all(p.get(key) is None for p in pos) else max((p.get(key) or 0.0) for p in pos)
     st = s.get("steering", {})

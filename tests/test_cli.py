@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tunetrace.cli import COMMANDS, config_class, main
+from tunetrace.records import read_record
 
 
 def test_audit_writes_scores_and_manifest(tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_audit_writes_scores_and_manifest(tmp_path, capsys):
                 "gate_out", "gate_slope", "boundary_dist", "iss", "iss_x_grad", "iss_x_grad_means"]
     assert list(scores.columns) == expected
     assert sorted(scores.layer.unique()) == [1, 3]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_record(out).results
     assert manifest["layers"] == [1, 3] and manifest["tokens"] > 0 and len(manifest["data"]["sha256"]) == 64
     printed = capsys.readouterr().out
     assert "top 3 by iss_x_grad" in printed
@@ -80,6 +80,7 @@ def test_help_and_argument_errors_import_no_torch():
     code = ("import sys; from tunetrace.cli import main\n"
             "try:\n    main(['audit', '--help'])\nexcept SystemExit: pass\n"
             "assert main(['finetune', 'tiny-llama', '--task', 'caps', '--lr', '-1']) == 2\n"
+            "assert main(['recruits', 'a', 'b', '--definition', 'nope']) == 2\n"
             "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]\n"
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])

@@ -22,6 +22,7 @@ from tunetrace.diffing.patchscope import patched_next_token_probs, patchscope, t
 from tunetrace.gated_mlp import decoder_layers
 from tunetrace.models import load_model, save_checkpoint
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
+from tunetrace.records import read_record
 
 LAYER = 1
 
@@ -316,7 +317,7 @@ def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):
             "--no-embed", "--steer-alphas", "0.5,1", "--max-new-tokens", "6", "--causal-samples", "4",
             "--random-directions", "1", "--patch-scales", "1,4"]
     assert main(args) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_record(out).results
     assert summary["positions"][0]["delta_norm"] == pytest.approx(float(v.norm()), rel=1e-4)
     assert summary["text"]["samples_used"] == 8
     for name in ("logit_lens", "patchscope", "patchscope_scales", "steering", "causal", "neurons", "relevant_tokens"):

@@ -77,8 +77,11 @@ def test_evaluate_headline_and_not_installed_tasks():
     assert ev.headline["ci_method"].startswith("tasks")
     recruits[1].installed = False
     ev = E.evaluate(audits, recruits, k=2, layer=0, n_boot=20)
-    # B's recruits also leave the pool: {0, 1}, where x's top-2 is both of A's recruits
-    assert ev.headline["skipped_not_installed"] == ["B"] and ev.headline["iss_x_grad"] == 2.0 and ev.headline["pool_size"] == 2
+    # B's recruits also leave the pool: {0, 1} = A's own recruits, so pool metrics are undefined and the
+    # headline ranks the whole layer: x's top-2 of all 6 neurons is {1, 4}, one of A's recruits {0, 1}
+    assert ev.headline["skipped_not_installed"] == ["B"] and ev.headline["scope"] == "layer"
+    assert ev.headline["iss_x_grad"] == 1.0 and ev.headline["pool_size"] == 6 and "pool-scope metrics are undefined" in ev.sentence
+    assert ev.metrics[ev.metrics.scope == "pool"].hits.isna().all()
     recruits[0].installed = False
     with pytest.raises(ValueError, match="installed"):
         E.evaluate(audits, recruits, k=2, layer=0)

@@ -9,6 +9,7 @@ from tunetrace.forward import response_loss
 from tunetrace.data import collate
 from tunetrace.models import load_model
 from tunetrace.tasks import builtin_rows, get_task
+from tunetrace.records import read_record
 
 
 def _setup(n=24):
@@ -42,7 +43,7 @@ def test_finetune_writes_loadable_output_and_is_deterministic(tmp_path, method):
         loaded, enc, prompts = _setup()
         r = run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / name, max_new_tokens=4)
         runs.append([json.loads(l)["loss"] for l in (tmp_path / name / "train_log.jsonl").read_text().splitlines()])
-        assert (tmp_path / name / "finetune.json").exists()
+        assert read_record(tmp_path / name).command == "finetune"
     assert runs[0] == runs[1] and len(runs[0]) == 4
     reloaded = load_model(str(tmp_path / "a"))
     base = load_model("tiny-llama")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from tunetrace.cli import main
 from tunetrace.features.merge import equilibrium_t, lerp, merge_state_dicts, slerp, slerp_rows
 from tunetrace.models import load_model, save_checkpoint
+from tunetrace.records import read_record
 
 
 def reference_slerp(t: float, v0: np.ndarray, v1: np.ndarray, dot_threshold: float = 0.9995, eps: float = 1e-8) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_merge_command_writes_loadable_checkpoint(finetune_pair, tmp_path):
     merged, ref = load_model(str(out)).model.state_dict(), load_model(str(a)).model.state_dict()
     for name, tensor in ref.items():
         assert torch.equal(merged[name], tensor), name
-    assert json.loads((out / "merge.json").read_text())["t"] == 0.0
+    assert read_record(out).results["t"] == 0.0
 
 
 def test_merge_auto_scans_and_records_curve(finetune_pair, tmp_path):
@@ -144,7 +144,7 @@ def test_merge_auto_scans_and_records_curve(finetune_pair, tmp_path):
     code = main(["merge", str(a), str(b), "--t", "auto", "--data-a", "builtin:caps:eval", "--data-b", "builtin:caps:calibration",
                  "--steps", "3", "--max-examples", "4", "--out", str(out)])
     assert code == 0
-    info = json.loads((out / "merge.json").read_text())
+    info = read_record(out).results
     assert [r["t"] for r in info["curve"]] == [0.0, 0.5, 1.0]
     assert 0.0 <= info["t"] <= 1.0
     expected, _ = equilibrium_t([r["t"] for r in info["curve"]], [r["loss_a"] for r in info["curve"]], [r["loss_b"] for r in info["curve"]])

@@ -15,7 +15,6 @@ import pytest
 from tunetrace.report import build_report, render_report
 from tunetrace.report.audit import layer_concentration, ranked
 from tunetrace.report.evaluation import bootstrap_band, hits_curve
-from tunetrace.report.manifest import rerun_command
 
 PREDICTORS = ["abs_act", "max_abs_act", "sq_act", "abs_grad", "attribution", "frac_active", "gate_out", "gate_slope",
               "boundary_dist", "iss", "iss_x_grad", "iss_x_grad_means"]
@@ -50,11 +49,20 @@ def _audit_manifest(task: str = "caps") -> dict:
     }
 
 
-def _write_audit(d: Path, seed: int = 0, task: str = "caps") -> pd.DataFrame:
+def _write_audit(d: Path, seed: int = 0, task: str = "caps", legacy: bool = False) -> pd.DataFrame:
+    """An audit directory as `audit` writes it (run.json), or as versions before the run record did (manifest.json)."""
+    from tunetrace.config import AuditConfig
+    from tunetrace.records import new_record, write_record
+
     d.mkdir(parents=True, exist_ok=True)
     s = _scores(seed)
     s.to_parquet(d / "scores.parquet", index=False)
-    (d / "manifest.json").write_text(json.dumps(_audit_manifest(task)))
+    m = _audit_manifest(task)
+    if legacy:
+        (d / "manifest.json").write_text(json.dumps(m))
+    else:
+        config = AuditConfig(model="tiny-llama", data=f"builtin:{task}", out="runs/a", batch_size=4, force=True)
+        write_record(d, new_record("audit", config, models={"model": m["model"]}, data={"calibration": m["data"]}, results=m))
     return s
 
 
@@ -140,7 +148,12 @@ def full_run(tmp_path_factory) -> Path:
         s = _write_audit(root / "audit" / t, seed=i, task=t)
         _write_recruits(root / "recruits" / t, s, i, t)
     _write_evaluation(root)
-    (root / "run.json").write_text(json.dumps({"model": "tiny-llama", "preset": "quick", "tasks": TASKS, "layers": LAYERS, "layer": 2, "k": 8}))
+    from tunetrace.config import ReproduceConfig
+    from tunetrace.records import new_record, write_record
+
+    config = ReproduceConfig(model="tiny-llama", out=str(root), tasks=",".join(TASKS), layers="0,1,2,3", layer=2, k=8)
+    write_record(root, new_record("reproduce", config, models={"model": {"spec": "tiny-llama"}},
+                                  results={"model": "tiny-llama", "preset": "quick", "tasks": TASKS, "layers": LAYERS, "layer": 2, "k": 8}))
     (root / "times.json").write_text(json.dumps({"audit": 3.0, "finetune": 40.0, "evaluate": 1.0}))
     _write_diff(root / "diff")
     _write_features(root / "features")
@@ -180,13 +193,6 @@ def test_ranked_and_layer_concentration_by_hand():
     assert c.loc[0, "mean"] == 2.5 and c.loc[1, "max"] == 3.0
 
 
-def test_rerun_command_keeps_only_non_defaults():
-    cfg = _audit_manifest()["config"]
-    assert rerun_command("audit", cfg) == "tunetrace audit tiny-llama --out runs/a --batch-size 4"
-    assert rerun_command("features-match", {"saes": ["a", "b"], "threshold": 0.7}) == "tunetrace features-match a b --threshold 0.7"
-    assert rerun_command("nonexistent", cfg) is None
-
-
 # ---------------------------------------------------------------- sections appear exactly when their inputs exist
 
 
@@ -196,6 +202,10 @@ def test_audit_only_dir_has_audit_geometry_manifest(tmp_path):
     assert ids == ["audit", "geometry", "manifest"]
     assert "could not be drawn" not in html
     assert "tunetrace audit tiny-llama --out runs/a --batch-size 4" in html
+    legacy = tmp_path / "legacy"
+    _write_audit(legacy, legacy=True)
+    html, ids = render_report(legacy)  # a directory written before run.json still reports, saying so
+    assert ids == ["audit", "geometry", "manifest"] and "written before run.json existed" in html
     import plotly.offline
 
     assert html.count(plotly.offline.get_plotlyjs()[:300]) == 1  # plotly.js inlined once, not per figure
@@ -247,7 +257,7 @@ def test_audit_command_writes_report_unless_no_report(tmp_path, jsonl, capsys):
     data = jsonl([{"prompt": f"say {w}", "response": f"{w.upper()}!"} for w in ("hi", "yes", "ok", "no")])
     assert main(["audit", "tiny-llama", "--data", str(data), "--layers", "1", "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "report.html").is_file() and "report: " in capsys.readouterr().out
-    assert main(["audit", "tiny-llama", "--data", str(data), "--layers", "1", "--out", str(tmp_path / "b"), "--no-report", "true"]) == 0
+    assert main(["audit", "tiny-llama", "--data", str(data), "--layers", "1", "--out", str(tmp_path / "b"), "--no-report"]) == 0
     assert not (tmp_path / "b" / "report.html").exists()
 
 
@@ -325,3 +335,21 @@ def test_audit_only_page_in_chromium(browser, tmp_path):
     assert errors == []
     assert page.locator("section").count() == 3 and page.locator("#plot-geometry-truth").count() == 0
     page.close()
+
+
+def test_report_pool_is_the_evaluations_pool(full_run, tmp_path):
+    """The report's union pool leaves out tasks that did not install, exactly as `evaluate` does."""
+    import shutil
+
+    from tunetrace.evaluation import load_recruits_dir, union_pool
+    from tunetrace.report.evaluation import compute_curves
+    from tunetrace.report.rundir import RunDir
+
+    root = tmp_path / "run"
+    shutil.copytree(full_run, root)
+    info = json.loads((root / "recruits" / "short" / "summary.json").read_text())
+    (root / "recruits" / "short" / "summary.json").write_text(json.dumps({**info, "installed": False}))
+    runs = [load_recruits_dir(root / "recruits" / t) for t in TASKS]
+    curves = compute_curves(RunDir(root), 2, 8)
+    assert curves.pool_size == len(union_pool(runs, 2)) < len(union_pool([*runs[:1], runs[2], runs[1].__class__(runs[1].name, runs[1].table, True)], 2))
+    assert "short" not in curves.tasks

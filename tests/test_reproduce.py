@@ -11,7 +11,7 @@ def test_reproduce_pipeline_on_tiny_model_and_resume(tmp_path):
     kw = dict(model="tiny-llama", preset="quick", out=out, tasks="caps,greeting", k=8, layers="all", finetune_overrides={"steps": 3, "lr": 1e-2, "batch_size": 4})
     r = run_reproduce(**kw)
     assert "ISS x |grad| retrieves" in r.sentence and "at layer 2" in r.sentence
-    for stage in ("audit/caps/scores.parquet", "finetune/greeting/finetune.json", "recruits/caps/recruits.parquet",
+    for stage in ("audit/caps/scores.parquet", "finetune/greeting/run.json", "recruits/caps/recruits.parquet",
                   "evaluate/metrics.parquet", "evaluate/headline.json", "headline.md"):
         assert (out / stage).exists(), stage
     m = pd.read_parquet(out / "evaluate" / "metrics.parquet")

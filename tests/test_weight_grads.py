@@ -8,7 +8,11 @@ import torch
 from tunetrace.data import encode, iter_batches, load_examples
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.models import load_model
-from tunetrace.weight_grads import dataset_gradient, neuron_grad_norms, scoped_parameters
+from tunetrace.weight_grads import (
+    dataset_gradient,
+    neuron_grad_norms,
+    scoped_parameters,
+)
 
 
 @pytest.fixture(scope="module")

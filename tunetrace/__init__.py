@@ -1,3 +1,36 @@
-"""tunetrace: predict which gated-MLP neurons a fine-tune will recruit, and audit what it changed."""
+"""tunetrace: predict which gated-MLP neurons a fine-tune will recruit, and audit what it changed.
+
+The public API (each call returns a dataclass and writes nothing unless given `out`):
+
+    import tunetrace
+    result = tunetrace.audit("smollm2-135m-instruct", data="builtin:caps")
+    result.scores            # pandas DataFrame: layer, neuron, one column per predictor
+
+Names are imported on first use, so `import tunetrace` (and the CLI's --help) stays instant.
+"""
 
 __version__ = "0.1.0"
+
+_API = {
+    "audit": "tunetrace.api", "finetune": "tunetrace.api", "recruits": "tunetrace.api", "evaluate": "tunetrace.api",
+    "diff": "tunetrace.api", "merge": "tunetrace.api", "load_model": "tunetrace.models", "LoadedModel": "tunetrace.models",
+    "AuditResult": "tunetrace.auditing", "RecruitsResult": "tunetrace.ground_truth", "Evaluation": "tunetrace.evaluation",
+    "read_record": "tunetrace.records", "RunRecord": "tunetrace.records",
+    "select_neurons": "tunetrace.selective", "NeuronSelection": "tunetrace.selective", "train_only": "tunetrace.selective",
+    "protect": "tunetrace.selective", "SelectiveCallback": "tunetrace.selective",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tunetrace' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -10,7 +10,6 @@ O(layers x neurons x predictors); no per-token activations outlive their batch.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -19,7 +18,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tunetrace import __version__
 from tunetrace.data import DataSource, StreamingSource, stream_batches
 from tunetrace.distributed import all_reduce_state, init_from_env
 from tunetrace.forward import response_loss_sum
@@ -27,6 +25,9 @@ from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import frozen, mlp_hooks
 from tunetrace.models import LoadedModel
 from tunetrace.predictors import PREDICTORS, LayerConstants, Predictor, TokenSignals
+from tunetrace.finite import check_finite_scores
+from tunetrace.provenance import calibration_warning
+from tunetrace.records import versions
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -255,12 +256,6 @@ def scores_frame(final: dict[int, dict[str, Tensor]], predictors: Sequence[Predi
     return pd.concat(frames, ignore_index=True)
 
 
-def _versions() -> dict:
-    import transformers
-
-    return {"tunetrace": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
 def run_audit(
     loaded: LoadedModel,
     data: DataSource | StreamingSource,
@@ -270,14 +265,25 @@ def run_audit(
     predictors: Sequence[Predictor] | None = None,
     per_example_layers: Iterable[int] = (),
     progress: bool = True,
+    lookahead: bool = False,
+    lookahead_optimizer: str = "adamw",
+    lookahead_scope: str = "mlp",
 ) -> AuditResult:
     """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass.
 
     Under torchrun / `accelerate launch` each rank audits its shard of the examples and the
     running sums are all-reduced once at the end; every rank returns the same result.
+    `lookahead` adds the columns `lookahead` and `grad_weight` (tunetrace.lookahead): one more
+    pass with weight gradients and one virtual-step pass, on a single process.
     """
     start = time.perf_counter()
     world = init_from_env(str(next(loaded.model.parameters()).device))
+    if lookahead and world.distributed:
+        raise ValueError("`lookahead` runs on a single process: launch without torchrun/accelerate, or drop --lookahead.")
+    if lookahead:
+        from tunetrace.lookahead import check_settings
+
+        check_settings(lookahead_optimizer, lookahead_scope)  # fail before the pass
     predictors = list(predictors if predictors is not None else PREDICTORS.values())
     n_layers = len(gated_mlp_layers(loaded.model))
     layers = list(layers) if layers is not None else list(range(n_layers))
@@ -291,6 +297,10 @@ def run_audit(
     if world.distributed:
         all_reduce_state(stats.state, stats.max_keys)
     scores = scores_frame(stats.finalize(), predictors)
+    look = None
+    if lookahead:
+        scores, look = _with_lookahead(loaded, data, scores, layers, batch_size, max_length, lookahead_optimizer, lookahead_scope, progress)
+    check_finite_scores(scores, f"audit of {loaded.spec}")  # a NaN never becomes a ranking
     seconds = time.perf_counter() - start
     manifest = {
         "command": "audit",
@@ -308,35 +318,56 @@ def run_audit(
         "device": str(next(loaded.model.parameters()).device),
         "world_size": world.size,
         "per_example_layers": per_example_layers,
-        "versions": _versions(),
+        "lookahead": look,
+        "versions": versions(),
         "wall_seconds": round(seconds, 3),
         "tokens_per_second": round(stats.state["input_tokens"].item() / seconds, 1),
+        "warnings": [w for w in [calibration_warning(data.n_examples)] if w],
     }
+    if look is not None:
+        manifest["predictors"].update(look.pop("predictors"))
     per_example = {k: v.cpu() for k, v in stats.per_example().items()}
     return AuditResult(scores, manifest, per_example)
 
 
-def top_neurons(scores: pd.DataFrame, by: str, k: int) -> pd.DataFrame:
-    """The k highest-scoring (layer, neuron) rows by predictor `by`, across all audited layers."""
+def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimizer, scope, progress) -> tuple[pd.DataFrame, dict]:
+    """Scores with the `lookahead` and `grad_weight` columns added, and their manifest entry."""
+    from tunetrace.lookahead import lookahead_frame
+
+    make_batches = lambda: stream_batches(loaded.tokenizer, data, max_length, batch_size)  # noqa: E731
+    result = lookahead_frame(loaded.model, make_batches, layers, optimizer, scope, progress=progress)
+    merged = scores.merge(result.frame, on=["layer", "neuron"], how="left", validate="one_to_one")
+    return merged, result.manifest
+
+
+def top_neurons(scores: pd.DataFrame, by: str, k: int, normalize: str = "zscore") -> pd.DataFrame:
+    """The k top (layer, neuron) rows by predictor `by` across all audited layers, each layer's scores
+    standardised first (`normalize`: zscore, percentile or raw; why zscore: docs/ranking.md)."""
+    from tunetrace.ranking import rank_all_layers
+
     if by not in scores.columns or by in ("layer", "neuron"):
         names = [c for c in scores.columns if c not in ("layer", "neuron")]
         raise ValueError(f"`sort_by` {by!r} is not a predictor; choose one of {', '.join(names)}.")
-    top = scores.nlargest(k, by).reset_index(drop=True)
-    top.insert(0, "rank", range(1, len(top) + 1))
-    return top
+    order = rank_all_layers(scores, by, normalize, k)[["rank", "layer", "neuron", "value"]]
+    top = order.merge(scores, on=["layer", "neuron"], how="left", sort=False)
+    return top.rename(columns={"value": f"{by}_{normalize}"}) if normalize != "raw" else top.drop(columns="value")
 
 
-def write_audit(result: AuditResult, out_dir, force: bool = False) -> None:
-    """Write scores.parquet, manifest.json (and per_example.safetensors) as one atomic directory."""
+def write_audit(result: AuditResult, out_dir, force: bool = False, config: object | None = None) -> None:
+    """Write scores.parquet, per_example.safetensors and the run record as one atomic directory."""
     from safetensors.torch import save_file
 
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    m = result.manifest
+    record = new_record("audit", config, models={"model": m["model"]}, data={"calibration": m["data"]}, results=m,
+                        wall_seconds=m["wall_seconds"])
     with io.staged_dir(out_dir, force, what="audit output") as stage:
         io.write_parquet(stage / "scores.parquet", result.scores)
         if result.per_example:
             save_file({k.replace("/", "."): v.contiguous() for k, v in result.per_example.items()}, str(stage / "per_example.safetensors"))
-        io.write_json(stage / "manifest.json", result.manifest)
+        write_record(stage, record)
 
 
 

@@ -11,4 +11,7 @@ RECRUIT_DEFINITIONS = ("weight", "weight_rel", "activation", "activation_rel", "
 DEFAULT_RECRUIT_DEFINITION = "activation"  # chosen by measured concentration: docs/ground-truth.md
 FINETUNE_METHODS = ("full", "mlp", "lora")
 OPTIMIZERS = ("adamw", "sgd")
+GRADIENT_SCOPES = ("mlp", "all")  # weights a weight-gradient pass / lookahead step covers
+LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")  # score columns `audit --lookahead` adds
 PRESETS = ("quick", "full")
+SELECTIVE_MODES = ("train-only", "protect")  # tunetrace.selective; finetune --mode

@@ -17,6 +17,7 @@ import sys
 import typing
 
 from tunetrace import config as cfg
+from tunetrace.interrupt import interrupt_message
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("AuditConfig", "audit"),
@@ -121,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"tunetrace.commands.{COMMANDS[command][1]}")
         return module.run(config)
-    except KeyboardInterrupt:
-        print("tunetrace: interrupted; finished outputs are intact, partial ones were discarded.", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a command that saved its state says how to resume it
+        print(interrupt_message(err, argv, "--resume" if hasattr(config, "resume") else None), file=sys.stderr)
         return 130
     except _user_errors() as err:
         if verbose >= 2:
             raise
-        message = err.args[0] if err.args else repr(err)
+        message = str(err) if isinstance(err, UnicodeDecodeError) or not err.args else err.args[0]
         print(f"tunetrace: error: {message}", file=sys.stderr)
         return 2
     finally:

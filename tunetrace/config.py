@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, OPTIMIZERS, PRESETS
+from tunetrace.choices import DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS, OPTIMIZERS, PRESETS, RECRUIT_DEFINITIONS, SELECTIVE_MODES
 
 
 def positional(metavar: str, nargs: str | None = None):
@@ -32,10 +32,8 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
     """A recruit definition and pathway quantiles, as `recruits` extracts and `evaluate` re-ranks them."""
-    from tunetrace.ground_truth import DEFINITIONS
-
-    if definition not in DEFINITIONS:
-        raise ValueError(f"`definition` must be one of {', '.join(DEFINITIONS)}, got {definition!r}.")
+    if definition not in RECRUIT_DEFINITIONS:
+        raise ValueError(f"`definition` must be one of {', '.join(RECRUIT_DEFINITIONS)}, got {definition!r}.")
     for name, value in quantiles.items():
         if not 0.0 < value < 1.0:
             raise ValueError(f"`{name.replace('_', '-')}` must be a quantile between 0 and 1, got {value}.")
@@ -57,6 +55,8 @@ class AuditConfig:
     """How many top neurons to print."""
     sort_by: str = "iss_x_grad"
     """Predictor that orders the printed table."""
+    rank_across_layers: str = "zscore"
+    """How the printed all-layer list compares layers: zscore (each layer's scores standardised; raw scales differ by layer, docs/ranking.md), percentile, or raw."""
     batch_size: int = 8
     """Calibration examples per forward+backward pass (results do not depend on it)."""
     max_length: int = 512
@@ -75,11 +75,26 @@ class AuditConfig:
     """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
+    lookahead: bool = False
+    """Also score `lookahead` (how far one virtual optimizer step moves each neuron) and `grad_weight` (its accumulated weight-gradient norm): costs about two training steps per batch more."""
+    lookahead_optimizer: str = "adamw"
+    """The virtual step of --lookahead: adamw (first step -sign(g)) or sgd (-g, rescaled to unit RMS)."""
+    lookahead_scope: str = "mlp"
+    """Weights the virtual step moves: mlp (gate/up/down, as `finetune --method mlp`) or all."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
+        _check_choice("rank_across_layers", self.rank_across_layers, ("zscore", "percentile", "raw"))
         if self.device_map and self.device not in ("cpu", "auto", "cuda"):
             raise ValueError("`device_map` places the model itself: leave `device` at auto.")
+        if self.lookahead_optimizer not in OPTIMIZERS:
+            raise ValueError(f"`lookahead_optimizer` {self.lookahead_optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+        if self.lookahead_scope not in GRADIENT_SCOPES:
+            raise ValueError(f"`lookahead_scope` {self.lookahead_scope!r} is not one of {', '.join(GRADIENT_SCOPES)}.")
+        if self.sort_by in LOOKAHEAD_COLUMNS and not self.lookahead:
+            raise ValueError(f"`sort_by` {self.sort_by!r} is computed only with --lookahead: add it, or sort by another predictor.")
         if self.top < 1:
             raise ValueError(f"`top` must be >= 1, got {self.top}.")
         if self.max_length < 2:
@@ -121,6 +136,8 @@ class MergeConfig:
     """Model dtype (merging itself is computed in float32)."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -188,6 +205,8 @@ class SaeTrainConfig:
     """Model dtype (the SAE always trains in float32)."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -238,6 +257,8 @@ class FeaturesMatchConfig:
     """Overwrite an existing output directory."""
     no_report: bool = False
     """Do not write report.html (the HTML run report) at the end."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -355,6 +376,8 @@ class DiffConfig:
     """Do not write report.html (the HTML run report) at the end."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own code (off unless you ask)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)
@@ -448,8 +471,28 @@ class FinetuneConfig:
     """Model dtype for training."""
     device: str = "cpu"
     """Torch device."""
+    neurons: str = ""
+    """Neuron-selective fine-tune: an audit or recruits directory, a CSV/Parquet with layer,neuron columns, a saved selection, or `random`."""
+    mode: str = ""
+    """With --neurons: train-only (only the selected neurons train) or protect (they stay bit-identical; the rest trains as --method says)."""
+    rank_by: str = "iss_x_grad"
+    """With an audit as --neurons: the predictor to rank neurons by."""
+    top: str = ""
+    """With --neurons: neurons per selected layer, a count (50) or a share of its width (2%); empty = 2% (every listed neuron of a file)."""
+    neuron_layers: str = "all"
+    """With --neurons: the layers to select in (forms of audit --layers; 'all' = every layer the source covers)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
+        if bool(self.neurons) != bool(self.mode):
+            raise ValueError("give `--neurons` and `--mode` together (a selective fine-tune needs both).")
+        if self.mode and self.mode not in SELECTIVE_MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(SELECTIVE_MODES)}, got {self.mode!r}.")
+        if self.neurons and self.method == "lora":
+            raise ValueError("`--mode` with `--method lora` is not supported: LoRA's low-rank delta moves every neuron; use --method mlp or full.")
+        if not self.neurons and (self.top or self.rank_by != "iss_x_grad" or self.neuron_layers != "all"):
+            raise ValueError("`--top`, `--rank-by` and `--neuron-layers` choose neurons: give them with `--neurons`.")
         if bool(self.task) == bool(self.data):
             raise ValueError("give exactly one of `--task` (built-in) and `--data` (your JSONL).")
         if self.check_regex and not self.data:
@@ -494,6 +537,8 @@ class RecruitsConfig:
     """Torch device."""
     force: bool = False
     """Overwrite an existing output directory."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
     def __post_init__(self) -> None:
         _check_common(self.batch_size, self.dtype)

@@ -4,6 +4,12 @@ The loss, and so every gradient statistic, covers response tokens only. A batch 
 *positions that predict a response token* (`loss_mask`): those are the positions where the
 loss lives, and every per-token statistic of the audit is averaged over exactly them.
 Padding is on the right and never enters any statistic.
+
+Inputs are checked before any model work: a missing file, a directory, bytes that are not
+UTF-8 and malformed lines fail with one line naming the file and line. No example may be longer
+than the model's context (`tokenizer.model_max_length`, which `models.load_model` sets from the
+config), whatever --max-length says: a longer one would not be truncated silently but would
+exhaust memory or index past the position table.
 """
 
 from __future__ import annotations
@@ -86,16 +92,38 @@ def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
     raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
 
 
+def _input_file(source: str | os.PathLike) -> Path:
+    """The data file, or one line saying what `source` is instead."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise DataError(f"data file {source} is a directory: give a JSONL file inside it, or builtin:TASK.")
+    if not path.is_file():
+        raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data file {source} cannot be read (permission denied): fix its permissions.")
+    return path
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes, str]]:
+    """(1-based number, raw bytes, decoded text) per line; bytes that are not UTF-8 fail with file and line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = io.decode_text(raw, str(path), number)
+            except ValueError as err:
+                raise DataError(str(err)) from None
+            yield number, raw, text
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
     """(1-based line number, parsed JSON) for each non-blank line; a bad line fails with its number."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
+    for number, _, line in _raw_lines(_input_file(path)):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}).") from None
 
 
 def _parse_line(line: str, number: int, name: str) -> Example | None:
@@ -146,7 +174,7 @@ class StreamingSource:
     sha256: str
 
     def __iter__(self) -> Iterator[Example]:
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8-sig") as f:  # validated as UTF-8 by open_stream
             for number, line in enumerate(f, start=1):
                 if (ex := _parse_line(line, number, self.name)) is not None:
                     yield ex
@@ -156,14 +184,11 @@ def open_stream(source: str | os.PathLike) -> DataSource | StreamingSource:
     """A lazily read JSONL file (built-in tasks are small and are returned whole)."""
     if str(source).startswith("builtin:"):
         return load_examples(source)
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    path = _input_file(source)
     h, count = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            h.update(line)
-            count += _parse_line(line.decode("utf-8", errors="replace"), number, str(path)) is not None
+    for number, raw, line in _raw_lines(path):
+        h.update(raw)
+        count += _parse_line(line, number, str(path)) is not None
     if count == 0:
         raise DataError(f"{path}: no examples (the file is empty); give one JSON object per line.")
     return StreamingSource(str(path), path, count, h.hexdigest())
@@ -184,10 +209,12 @@ def load_examples(source: str | os.PathLike, split: str = "calibration") -> Data
         parts = source.split(":")
         task, task_split = parts[1], parts[2] if len(parts) > 2 else split
         return rows_source(f"builtin:{task}:{task_split}", builtin_rows(task, task_split))
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
-    text = path.read_text()
+    path = _input_file(source)
+    raw = path.read_bytes()
+    try:
+        text = io.decode_text(raw, str(path))
+    except ValueError as err:
+        raise DataError(str(err)) from None
     return DataSource(str(path), parse_jsonl(text, str(path)), io.sha256_bytes(text.encode()))
 
 
@@ -229,21 +256,31 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_len
     response = full[len(prompt):].rstrip("\n")
     # Templates carry their own special tokens; the fallback format relies on the tokenizer's BOS.
     add_special = not bool(tokenizer.chat_template)
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    # verbose=False: the length is checked below, with a line naming the example
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special, verbose=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"]
     if not response_ids:
         raise DataError(f"{name}:{example.line}: the response has no tokens.")
     ids = prompt_ids + response_ids
-    if len(ids) > max_length:
+    context = model_context(tokenizer)
+    if len(ids) > min(max_length, context):
         raise DataError(
             f"{name}:{example.line}: example is {len(ids)} tokens, longer than max_length={max_length}; shorten it or raise --max-length."
+            if max_length < context else
+            f"{name}:{example.line}: example is {len(ids)} tokens, longer than the model's context of {context} tokens; shorten or drop it."
         )
     return EncodedExample(ids, len(prompt_ids), example.line)
 
 
+def model_context(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest sequence the tokenizer's model takes (`model_max_length`; transformers' 1e30 sentinel means unknown)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 1 << 40 else 1 << 40
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, data: DataSource, max_length: int | None = None) -> list[EncodedExample]:
     """Encode every example; `max_length` defaults to the model's context length."""
-    limit = max_length or min(getattr(tokenizer, "model_max_length", 4096) or 4096, 1 << 20)
+    limit = max_length or min(model_context(tokenizer), 1 << 20)
     return [encode_example(tokenizer, ex, limit, data.name) for ex in data.examples]
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from tunetrace.layerspec import nearest_to_headline
+from tunetrace.records import find_record
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,12 @@ def evaluate_runs(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k:
 
 
 def bootstrap_headline(
-    audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], layer: int, predictors: Sequence[str], k: int, n_boot: int = 200, seed: int = 0
+    audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], layer: int, predictors: Sequence[str], k: int, n_boot: int = 200, seed: int = 0,
+    scope: str = "pool",
 ) -> tuple[dict[str, tuple[float, float]], str]:
-    """95% intervals of mean pool hits@k per predictor; over calibration examples when the audits kept them, else over tasks."""
+    """95% intervals of mean hits@k (pool or whole-layer scope) per predictor; over calibration examples when the audits kept them, else over tasks."""
     rng = np.random.default_rng(seed)
-    pool = union_pool(recruits, layer)
+    pool = union_pool(recruits, layer) if scope == "pool" else np.sort(audits[0].scores.loc[audits[0].scores.layer == layer, "neuron"].to_numpy())
     used = [(a, r) for a, r in zip(audits, recruits) if r.installed]
     have_examples = all(f"count_ex.{layer}" in a.per_example for a, _ in used) and used
     reps: dict[str, list[float]] = {p: [] for p in predictors}
@@ -192,7 +194,7 @@ def bootstrap_headline(
     else:
         method = "tasks (the audits kept no per-example sums)"
         table = evaluate_runs([a for a, _ in used], [r for _, r in used], k)
-        table = table[(table.layer == layer) & (table.scope == "pool")]
+        table = table[(table.layer == layer) & (table.scope == scope)]
         for pred in predictors:
             per_task = table[table.predictor == pred].hits.to_numpy(dtype=np.float64)
             for _ in range(n_boot):
@@ -209,9 +211,9 @@ def sweep(metrics: pd.DataFrame, recruits: Sequence[RecruitRun]) -> pd.DataFrame
     return hits
 
 
-def headline(metrics: pd.DataFrame, layer: int, k: int, monotone: Sequence[str], d_mlp: int) -> dict:
+def headline(metrics: pd.DataFrame, layer: int, k: int, monotone: Sequence[str], d_mlp: int, scope: str = "pool") -> dict:
     """The reference-form numbers at `layer` over installed tasks: ISS x |grad|, strongest monotone baseline, |a|."""
-    at = metrics[(metrics.layer == layer) & (metrics.scope == "pool") & metrics.installed]
+    at = metrics[(metrics.layer == layer) & (metrics.scope == scope) & metrics.installed]
     if at.empty:
         raise ValueError(f"no installed task has recruits and scores at layer {layer}: nothing to evaluate.")
     mean_hits = at.groupby("predictor").hits.mean()
@@ -221,26 +223,29 @@ def headline(metrics: pd.DataFrame, layer: int, k: int, monotone: Sequence[str],
 
     baselines = [p for p in mean_hits.index if p in PREDICTORS and PREDICTORS[p].kind == "baseline"]
     best_any = max(baselines, key=lambda p: mean_hits[p]) if baselines else best_mono
-    return {
+    ranked = int(at.n_ranked.iloc[0])
+    return {"scope": scope, "k_effective": min(k, ranked),
         "best_baseline": best_any, "best_baseline_hits": float(mean_hits[best_any]),
         "layer": int(layer), "k": k, "d_mlp": int(d_mlp), "pool_size": int(at.n_ranked.iloc[0]),
         "tasks": sorted(at.task.unique()), "n_recruits_mean": float(at.groupby("task").n_recruits.first().mean()),
         "iss_x_grad": float(mean_hits.get(ISS_HEADLINE, np.nan)), "best_monotone": best_mono,
         "best_monotone_hits": float(mean_hits[best_mono]), "abs_act": float(mean_hits.get(ABS_ACT, np.nan)),
         "all_predictors": {p: float(v) for p, v in mean_hits.sort_values(ascending=False).items()},
-        "random_expectation_pool": float(k * at.groupby("task").n_recruits.first().mean() / at.n_ranked.iloc[0]),
+        "random_expectation_pool": float(min(k, ranked) * at.groupby("task").n_recruits.first().mean() / ranked),
     }
 
 
 def headline_sentence(h: dict) -> str:
     """The reference result's sentence, filled in with this run's numbers."""
+    against = (f"among all {h['d_mlp']} neurons" if h.get("scope") == "layer"
+               else f"against an all-tasks union pool of {h['pool_size']} neurons (out of {h['d_mlp']})")
     return (
         f"ISS x |grad| retrieves {h['iss_x_grad']:.1f} of {h['n_recruits_mean']:.0f} true recruits in the top {h['k']} "
-        f"against an all-tasks union pool of {h['pool_size']} neurons (out of {h['d_mlp']}) at layer {h['layer']}, "
+        f"{against} at layer {h['layer']}, "
         f"against {h['best_monotone_hits']:.1f} for the strongest activation-monotone baseline ({h['best_monotone']}) "
         f"and {h['abs_act']:.1f} for |activation| alone (mean over {len(h['tasks'])} installed tasks; "
-        f"a random ranking of the pool would get {h.get('random_expectation_pool', float('nan')):.1f})."
-        + _verdict(h)
+        f"a random ranking of the {'layer' if h.get('scope') == 'layer' else 'pool'} would get {h.get('random_expectation_pool', float('nan')):.1f})."
+        + _verdict(h) + "".join(" " + n for n in h.get("notes", []))
     )
 
 
@@ -256,28 +261,28 @@ def _verdict(h: dict) -> str:
 
 
 def load_audit_dir(path: str | Path) -> AuditRun:
-    """scores.parquet (+ manifest.json, per_example.safetensors) of a `tunetrace audit` output."""
-    from safetensors.numpy import load_file
-
+    """scores.parquet (+ its run record and per_example.safetensors) of a `tunetrace audit` output."""
     from tunetrace import io
 
     path = Path(path)
     if not (path / "scores.parquet").is_file():
         raise FileNotFoundError(f"{path} has no scores.parquet: pass the --out directory of `tunetrace audit`.")
-    manifest = io.read_json(path / "manifest.json") if (path / "manifest.json").is_file() else {}
-    per_example = load_file(str(path / "per_example.safetensors")) if (path / "per_example.safetensors").is_file() else {}
-    return AuditRun(path.name, pd.read_parquet(path / "scores.parquet"), manifest, per_example)
+    record = find_record(path)
+    manifest = record.results if record is not None else {}
+    per_example = io.read_safetensors(path / "per_example.safetensors", "numpy") if (path / "per_example.safetensors").is_file() else {}
+    return AuditRun(path.name, io.read_parquet(path / "scores.parquet"), manifest, per_example)
 
 
 def load_recruits_dir(path: str | Path) -> RecruitRun:
-    """recruits.parquet + summary.json of a `tunetrace recruits` output."""
+    """recruits.parquet + its run record of a `tunetrace recruits` output."""
     from tunetrace import io
 
     path = Path(path)
     if not (path / "recruits.parquet").is_file():
         raise FileNotFoundError(f"{path} has no recruits.parquet: pass the --out directory of `tunetrace recruits`.")
-    info = io.read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
-    return RecruitRun(info.get("task") or path.name, pd.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
+    record = find_record(path)
+    info = record.results if record is not None else {}
+    return RecruitRun(info.get("task") or path.name, io.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
 
 
 def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float = -1.0, z_quantile: float = -1.0) -> RecruitRun:
@@ -311,6 +316,9 @@ def evaluate(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k: int 
     skipped = [r.name for r in recruits if not r.installed]
     if len(skipped) == len(recruits):
         raise ValueError("no fine-tune installed its behaviour: there is no trustworthy ground truth to evaluate against.")
+    d_mlp = int(audits[0].scores.neuron.max()) + 1
+    if k >= d_mlp:
+        raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}): a top {k} of {d_mlp} neurons holds every recruit.")
     metrics = evaluate_runs(audits, recruits, k)
     if metrics.empty:
         raise ValueError("the audit scores and the recruits share no layer: audit the layers you extracted recruits at.")
@@ -319,13 +327,29 @@ def evaluate(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k: int 
     layer = nearest_to_headline(layers, n_layers) if layer is None else layer
     if layer not in layers:
         raise ValueError(f"`layer` {layer} was not both audited and extracted; available: {layers}.")
-    d_mlp = int(audits[0].scores.neuron.max()) + 1
-    head = headline(metrics, layer, k, BASELINE_MONOTONE, d_mlp)
-    ci, method = bootstrap_headline(audits, recruits, layer, [ISS_HEADLINE, head["best_monotone"], ABS_ACT], k, n_boot, seed)
+    scope, notes = headline_scope(metrics, recruits, k)
+    head = headline(metrics, layer, k, BASELINE_MONOTONE, d_mlp, scope)
+    if head["k_effective"] < k:
+        notes.append(f"Note: k={k} is larger than the {head['pool_size']} neurons ranked, so the top k holds all of them (k bounded to {head['k_effective']}).")
+    for n in notes:
+        log.warning("%s", n)
+    ci, method = bootstrap_headline(audits, recruits, layer, [ISS_HEADLINE, head["best_monotone"], ABS_ACT], k, n_boot, seed, scope)
     truth = sorted({(r.info.get("definition", "activation"), json.dumps(r.info.get("thresholds", {}), sort_keys=True)) for r in recruits})
-    head.update(ci95=ci, ci_method=method, skipped_not_installed=skipped,
+    head.update(ci95=ci, ci_method=method, skipped_not_installed=skipped, notes=notes,
                 ground_truth=[{"definition": d, "thresholds": json.loads(t)} for d, t in truth])
     return Evaluation(metrics, sweep(metrics, recruits), head, headline_sentence(head))
+
+
+def headline_scope(metrics: pd.DataFrame, recruits: Sequence[RecruitRun], k: int) -> tuple[str, list[str]]:
+    """Pool scope, unless one installed task makes the union pool its own recruits: then pool metrics are undefined (set NaN)."""
+    if sum(r.installed for r in recruits) > 1:
+        return "pool", []
+    pool = metrics.scope == "pool"
+    metrics.loc[pool, ["ap", "auroc"]] = np.nan
+    metrics["hits"] = metrics.hits.astype("float64")
+    metrics.loc[pool, "hits"] = np.nan
+    return "layer", ["Note: one installed task, so the union pool is its own recruits and pool-scope metrics are undefined (NaN); "
+                     "the headline ranks the whole layer. Give several tasks' --recruits for the pool comparison."]
 
 
 def pr_curves(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], layer: int) -> pd.DataFrame:
@@ -350,19 +374,20 @@ def headline_markdown(ev: Evaluation) -> str:
     """The headline sentence, a predictor table (mean pool and layer hits at the headline layer), and the CI."""
     h = ev.headline
     at = ev.metrics[(ev.metrics.layer == h["layer"]) & ev.metrics.installed]
-    table = at.pivot_table(index="predictor", columns="scope", values=["hits", "ap", "auroc"], aggfunc="mean")
+    table = at.pivot_table(index="predictor", columns="scope", values=["hits", "ap", "auroc"], aggfunc="mean", dropna=False)
+    table = table.reindex(columns=pd.MultiIndex.from_product([["hits", "ap", "auroc"], ["pool", "layer"]]))
     truth = "; ".join(f"{g['definition']} (pathway quantiles {g['thresholds']})" for g in h.get("ground_truth", []))
     lines = [ev.sentence, "", f"Ground truth: recruits by {truth}.", "", f"95% bootstrap intervals over {h['ci_method']}: " + ", ".join(f"{p} [{lo:.1f}, {hi:.1f}]" for p, (lo, hi) in h["ci95"].items()), ""]
     if h["skipped_not_installed"]:
         lines += [f"Tasks whose behaviour was not installed (excluded): {', '.join(h['skipped_not_installed'])}.", ""]
     lines += ["| predictor | hits@k pool | hits@k layer | AP pool | AUROC pool | AUROC layer |", "|---|---|---|---|---|---|"]
-    for pred in table.sort_values(("hits", "pool"), ascending=False).index:
+    for pred in table.sort_values(("hits", h.get("scope", "pool")), ascending=False).index:
         r = table.loc[pred]
         lines.append(f"| {pred} | {r[('hits', 'pool')]:.1f} | {r[('hits', 'layer')]:.1f} | {r[('ap', 'pool')]:.3f} | {r[('auroc', 'pool')]:.3f} | {r[('auroc', 'layer')]:.3f} |")
-    pool = at[at.scope == "pool"].groupby("predictor")[["hits_redirect", "hits_latent", "hits_other", "n_redirect", "n_latent", "n_other"]].mean()
+    pool = at[at.scope == h.get("scope", "pool")].groupby("predictor")[["hits_redirect", "hits_latent", "hits_other", "n_redirect", "n_latent", "n_other"]].mean()
     if ABS_ACT in pool.index:
-        ceiling = at[(at.scope == "pool") & (at.predictor == ABS_ACT)][["ceiling_reachable", "latent_total", "latent_below_ceiling"]].mean()
-        lines += ["", f"Monotone ceiling (pool, mean over tasks): |a| reaches {ceiling.ceiling_reachable:.1f} recruits in its top {h['k']}; "
+        ceiling = at[(at.scope == h.get("scope", "pool")) & (at.predictor == ABS_ACT)][["ceiling_reachable", "latent_total", "latent_below_ceiling"]].mean()
+        lines += ["", f"Monotone ceiling ({h.get('scope', 'pool')}, mean over tasks): |a| reaches {ceiling.ceiling_reachable:.1f} recruits in its top {h['k']}; "
                   f"{ceiling.latent_below_ceiling:.1f} of {ceiling.latent_total:.1f} latent recruits sit below it, invisible to every f(|a|).", "",
                   "| predictor | hits redirect | hits latent | hits other |", "|---|---|---|---|"]
         for pred in dict.fromkeys([ISS_HEADLINE, "iss", h["best_monotone"], ABS_ACT]):
@@ -372,9 +397,13 @@ def headline_markdown(ev: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = False) -> None:
+def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = False, config: object | None = None,
+                     inputs: dict | None = None) -> None:
+    """metrics, sweep, PR curves, headline.json/.md and the run record (`inputs`: the audits and recruits read), atomically."""
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    record = new_record("evaluate", config, results={**ev.headline, "sentence": ev.sentence, "inputs": inputs or {}})
     with io.staged_dir(out, force, what="evaluation output") as stage:
         io.write_parquet(stage / "metrics.parquet", ev.metrics)
         io.write_parquet(stage / "sweep.parquet", ev.sweep)
@@ -382,5 +411,6 @@ def write_evaluation(ev: Evaluation, curves: pd.DataFrame, out, force: bool = Fa
             io.write_parquet(stage / "pr_curves.parquet", curves)
         io.write_json(stage / "headline.json", {**ev.headline, "sentence": ev.sentence})
         io.write_text(stage / "headline.md", headline_markdown(ev))
+        write_record(stage, record)
 
 

@@ -29,7 +29,11 @@ from tunetrace.data import Batch, EncodedExample, collate
 from tunetrace.distributed import World, barrier, init_from_env
 from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
+from tunetrace.interrupt import Interrupted, deferred_interrupts
 from tunetrace.models import LoadedModel, save_checkpoint
+from tunetrace.records import new_record, write_record
+from tunetrace.selective.selection import NeuronSelection
+from tunetrace.selective.state import prepare_selective, run_record
 from tunetrace.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """What a fine-tune does; saved into finetune.json."""
+    """What a fine-tune does; saved in its run record (results.settings)."""
 
     method: str = "mlp"
     steps: int = 40
@@ -189,12 +193,51 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def training_data_sha256(train: list[EncodedExample]) -> str:
+    """sha256 of the tokenized training examples in order: the data exactly as the steps see it."""
+    text = json.dumps([[e.input_ids, e.n_prompt] for e in train], separators=(",", ":"))
+    return io.sha256_bytes(text.encode())
+
+
+def run_identity(loaded: LoadedModel, train: list[EncodedExample], task: Task, settings: FinetuneSettings) -> dict:
+    """What makes this fine-tune this one (settings that change the steps, data, task, base): compared on --resume."""
+    steps_settings = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("save_every", "min_rate")}
+    return {"task": task.name, "settings": steps_settings, "data_sha256": training_data_sha256(train), "n_train": len(train),
+            "base_model": loaded.fingerprint}
+
+
+def check_resumable(out: Path, identity: dict, finished: bool) -> None:
+    """Refuse to resume (or to report as already finished) a run made with other settings, data, task or base."""
+    from tunetrace.provenance import check_resume
+
+    if finished:
+        info = finished_info(out) or {}
+        previous = info.get("identity") or {"task": info.get("task"), "settings": info.get("settings", {}),
+                                            "base_model": (info.get("base_model") or {}).get("sha256")}
+        where = f"{out} (a finished fine-tune)"
+    else:
+        record = partial_dir(out) / "identity.json"
+        if not record.is_file():
+            raise ValueError(f"the interrupted run in {partial_dir(out)} records no settings to check a resume against: pass --force to start over.")
+        previous, where = io.read_json(record), f"the interrupted run in {partial_dir(out)}"
+    check_resume({k: v for k, v in previous.items() if v is not None}, identity, where,
+                 "resume it with its own settings, pass --force to start over, or choose another --out")
+
+
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def finished_info(out: Path) -> dict | None:
+    """The results of a finished fine-tune in `out` (task, settings, behaviour rates), or None."""
+    from tunetrace.records import find_record
+
+    record = find_record(out) if Path(out).is_dir() else None
+    return record.results if record is not None and record.command == "finetune" else None
+
+
 def is_finished(out: Path) -> bool:
-    return (Path(out) / "finetune.json").exists()
+    return finished_info(out) is not None
 
 
 def run_finetune(
@@ -209,12 +252,21 @@ def run_finetune(
     max_new_tokens: int = 32,
     extra_manifest: dict | None = None,
     before: "BehaviourResult | None" = None,
+    config: object | None = None,
+    selection: NeuronSelection | None = None,
+    mode: str = "",
 ) -> FinetuneResult:
-    """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`."""
+    """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`.
+
+    With a `selection`, `mode` ('train-only' or 'protect', tunetrace.selective) applies to the prepared model.
+    """
     out, state = Path(out), partial_dir(Path(out))
+    identity = run_identity(loaded, train, task, settings)
+    if resume and not force and (is_finished(out) or (state / "progress.json").exists()):
+        check_resumable(out, identity, is_finished(out))
     if is_finished(out) and not force:
         if resume:
-            info = io.read_json(out / "finetune.json")
+            info = finished_info(out)
             log.info("%s is already finished; nothing to resume", out)
             return FinetuneResult(out, info["behaviour_before"]["rate"], info["behaviour_after"]["rate"], info["installed"], info["final_loss"], 0.0)
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
@@ -232,7 +284,8 @@ def run_finetune(
         raise ValueError(f"`batch_size` {settings.batch_size} is smaller than the {world.size} processes: each needs a share.")
     start_time = time.perf_counter()
     model = prepare_model(loaded, settings)
-    params = list(_trainable(model).values())
+    selective = prepare_selective(model, loaded.fingerprint, selection, mode, state, resume, world.is_main)
+    params = list(_trainable(model).values())  # with a selective mode: its parameters (train-only) or every trainable one
     optimizer = _make_optimizer(params, settings)
     pad = loaded.tokenizer.pad_token_id
     step, log_rows = 0, []
@@ -240,6 +293,8 @@ def run_finetune(
     if resume and (state / "progress.json").exists():
         step, log_rows, before = _load_state(state, model, optimizer)
         log.info("resuming %s at step %d/%d", out, step, settings.steps)
+    if world.is_main:
+        io.write_json(state / "identity.json", identity)  # what a --resume is checked against
     if before is None and world.is_main:
         before = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens).summary()
         _save_state(state, model, optimizer, 0, [], before)
@@ -247,21 +302,32 @@ def run_finetune(
     model.eval()  # no dropout: deterministic steps
     steps = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}",
                  leave=False, disable=not world.is_main)
-    for step in steps:
-        indices = batch_indices(len(train), step, settings.batch_size, settings.seed)
-        batch = collate(train, indices[world.rank :: world.size], pad).to(loaded.model.device)
-        optimizer.zero_grad(set_to_none=True)
-        loss, tokens = _data_parallel_step(model, batch, params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        log_rows.append({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens})
-        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps and world.is_main:
-            _save_state(state, model, optimizer, step + 1, log_rows, before)
+    done = step
+    try:
+        for step in steps:
+            with deferred_interrupts():  # a signal lands between steps: the saved state is never half a step
+                indices = batch_indices(len(train), step, settings.batch_size, settings.seed)
+                batch = collate(train, indices[world.rank :: world.size], pad).to(loaded.model.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss, tokens = _data_parallel_step(model, batch, params, world)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                log_rows.append({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens})
+                done = step + 1
+            if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps and world.is_main:
+                _save_state(state, model, optimizer, step + 1, log_rows, before)
 
-    if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
-        barrier()
-        return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
-    after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
+        if not world.is_main:  # rank 0 generates, writes and reports; the others wait for it
+            barrier()
+            return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
+        if selective is not None:
+            selective.merge()  # plain weights from here on: what is measured is what is saved
+        after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
+    except KeyboardInterrupt:
+        if not world.is_main:
+            raise
+        _save_state(state, model, optimizer, done, log_rows, before)
+        raise Interrupted(f"fine-tune interrupted after step {done}/{settings.steps}; its state is saved in {state}") from None
     installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
     final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))
     info = {
@@ -269,6 +335,7 @@ def run_finetune(
         "task_description": task.description,
         "settings": dataclasses.asdict(settings),
         "base_model": loaded.manifest(),
+        "identity": identity,
         "n_train": len(train),
         "behaviour_before": before,
         "behaviour_after": after.summary(),
@@ -276,6 +343,7 @@ def run_finetune(
         "final_loss": final_loss,
         "train_seconds": time.perf_counter() - start_time,
         "format": "peft-adapter" if settings.method == "lora" else "checkpoint",
+        **({"selective": run_record(selective)} if selective is not None else {}),
         **(extra_manifest or {}),
     }
     with io.staged_dir(out, force=True, what="fine-tune") as stage:
@@ -285,7 +353,9 @@ def run_finetune(
             save_checkpoint(unwrap_model(model), loaded.tokenizer, stage)
         io.write_jsonl(stage / "train_log.jsonl", log_rows)
         io.write_jsonl(stage / "behaviour_samples.jsonl", after.answers)
-        io.write_json(stage / "finetune.json", info)
+        write_record(stage, new_record("finetune", config, models={"base": info["base_model"]},
+                                       data={"train": {"source": info.get("data"), "examples": len(train)}}, results=info,
+                                       wall_seconds=info["train_seconds"]))
     shutil.rmtree(state, ignore_errors=True)
     if world.distributed:
         barrier()

@@ -31,6 +31,7 @@ from tunetrace.data import EncodedExample, iter_batches
 from tunetrace.gated_mlp import GatedMLPLayer, gated_mlp_layers
 from tunetrace.hooks import mlp_hooks
 from tunetrace.pairs import check_loaded_pair
+from tunetrace.provenance import check_finetune_of, check_plausible_finetune
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -216,6 +217,8 @@ def extract_recruits(
     from tunetrace.data import encode
 
     check_loaded_pair(base, ft)
+    check_finetune_of(base.manifest(), ft.spec)  # a tunetrace fine-tune names its base: it must be this one
+    weight_change = check_plausible_finetune(base.model, ft.model, ft.spec, base.spec)  # refuses identical, warns on unrelated
     n_layers = len(gated_mlp_layers(base.model))
     layers = list(layers) if layers is not None else list(range(n_layers))
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
@@ -238,17 +241,21 @@ def extract_recruits(
         "thresholds": {"act_quantile": act_quantile, "z_quantile": z_quantile},
         "pathways": {p: int((recruits.pathway == p).sum()) for p in ("redirect", "latent", "other")},
         "concentration": concentration(table, k),
+        "weight_change": weight_change,
     }
     return RecruitsResult(table, summary)
 
 
-def write_recruits(result: RecruitsResult, out, force: bool = False, extra: dict | None = None) -> None:
-    """recruits.parquet + summary.json, as one atomic directory."""
+def write_recruits(result: RecruitsResult, out, force: bool = False, extra: dict | None = None, config: object | None = None) -> None:
+    """recruits.parquet + the run record (its summary, plus `extra` such as the fine-tune's task), as one atomic directory."""
     from tunetrace import io
+    from tunetrace.records import new_record, write_record
 
+    s = {**result.summary, **(extra or {})}
+    record = new_record("recruits", config, models={"base": s["base"], "finetuned": s["finetuned"]}, data={"eval": s["data"]}, results=s)
     with io.staged_dir(out, force, what="recruits output") as stage:
         io.write_parquet(stage / "recruits.parquet", result.table)
-        io.write_json(stage / "summary.json", {**result.summary, **(extra or {})})
+        write_record(stage, record)
 
 
 

@@ -2,26 +2,37 @@
 
 GGUF files are dequantized once and cached as an ordinary safetensors checkpoint, so the
 second load is a plain `from_pretrained` of a local directory. Weights are only ever read
-from safetensors (no pickle), and remote code runs only when the caller asks for it.
+from safetensors (no pickle) unless the caller passes `allow_pickle`, and remote code runs only
+when the caller asks for it. Every load is checked: a corrupt config or weight file is one line
+naming it, a NaN/Inf weight is refused (tunetrace.finite), and the fingerprint is the sha256 of
+the weight files actually loaded (an adapter's own files included). The caches under
+`cache_root()` are disposable: a corrupt entry is rebuilt, with a warning, never an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from tunetrace import io
+from tunetrace import io, model_files
 from tunetrace.choices import DTYPE_NAMES
+from tunetrace.finite import check_finite_weights
 from tunetrace.gated_mlp import gated_mlp_layers
+from tunetrace.model_files import ModelSpecError, cache_root
 from tunetrace.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,10 +66,6 @@ BUILTIN_GGUF = {
 BUILTIN_MODELS = tuple(BUILTIN_GGUF) + TINY_MODELS
 
 
-class ModelSpecError(ValueError):
-    """The model spec cannot be resolved or loaded; the message says how to fix it."""
-
-
 @dataclass
 class LoadedModel:
     """A model ready for analysis, with what a manifest needs to name it exactly."""
@@ -69,6 +76,11 @@ class LoadedModel:
     source: str
     fingerprint: str
     load_seconds: float
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence the model takes (also set as the tokenizer's `model_max_length`)."""
+        return context_length(self.model.config, self.tokenizer)
 
     @property
     def n_layers(self) -> int:
@@ -85,11 +97,6 @@ def fresh_copy(loaded: LoadedModel) -> LoadedModel:
     return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
 
 
-def cache_root() -> Path:
-    """Where dequantized GGUF checkpoints and other caches live (`TUNETRACE_CACHE` overrides)."""
-    return Path(os.environ.get("TUNETRACE_CACHE", Path.home() / ".cache" / "tunetrace"))
-
-
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"`dtype` {name!r} is not one of {', '.join(DTYPES)}.")
@@ -102,16 +109,21 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     device_map: str | None = None,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load `spec` (see module docstring) in eval mode on `device`; fail with one clear line.
 
     `device_map` (e.g. "auto") shards a large model across devices instead of moving it.
+    `allow_pickle` lets a directory or adapter with only `.bin` weights load (read by
+    `torch.load(weights_only=True)`); without it such a model is refused.
     """
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
     extra = {"device_map": device_map} if device_map else {}
-    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code, **extra)
+    model, tokenizer, source, fingerprint = _load(spec, torch_dtype, trust_remote_code, allow_pickle, **extra)
     gated_mlp_layers(model)  # fails now, clearly, for a model with no gated MLP
+    check_finite_weights(model, f"model {spec}")
+    tokenizer.model_max_length = context_length(model.config, tokenizer)  # data.encode_example refuses longer examples
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -121,17 +133,24 @@ def load_model(
     return LoadedModel(model, tokenizer, spec, source, fingerprint, time.perf_counter() - start)
 
 
-def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
+def context_length(config, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's context: the smaller of config `max_position_embeddings` and a real tokenizer `model_max_length`."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1 << 40]  # 1e30 is transformers' "unknown"
+    return min(limits) if limits else 1 << 20
+
+
+def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False, **from_pretrained):
     if spec in TINY_MODELS:
         model = tiny_model(spec, dtype=dtype)
-        return model, tiny_tokenizer(), f"builtin:{spec}", _params_sha256(model)
+        return model, tiny_tokenizer(), f"builtin:{spec}", model_files.params_sha256(model)
     if spec in BUILTIN_GGUF:
         return _load_gguf(BUILTIN_GGUF[spec](), dtype, **from_pretrained)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _load_gguf(path, dtype, **from_pretrained)
     if path.is_dir():
-        return _load_local_dir(path, dtype, trust_remote_code, **from_pretrained)
+        return _load_local_dir(path, dtype, trust_remote_code, allow_pickle, **from_pretrained)
     if path.exists():
         raise ModelSpecError(f"model {spec!r} is a file but not a .gguf: give a .gguf file or a Hugging Face model directory.")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
@@ -141,34 +160,69 @@ def _load(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pretrai
     )
 
 
-def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, **from_pretrained):
+def _from_pretrained(path: Path, **kwargs):
+    """Model and tokenizer of a checked directory; any remaining load failure is one line naming the directory."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()  # a local load takes a second: no "Loading weights" bar on stderr
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "tokenizer_kwargs"})
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs.get("tokenizer_kwargs", {}))
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not load the model in {path} ({first}): check its files against the original.") from None
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
+    return model, tokenizer
+
+
+def _load_local_dir(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False, **from_pretrained):
     if (path / "adapter_config.json").exists():
-        return _load_adapter(path, dtype, trust_remote_code)
+        return _load_adapter(path, dtype, trust_remote_code, allow_pickle)
     if not (path / "config.json").exists():
         raise ModelSpecError(f"directory {path} has no config.json: point at a Hugging Face model directory.")
+    model_files.read_config(path / "config.json")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        if (path / name).exists():
+            model_files.read_config(path / name)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        raise ModelSpecError(
-            f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
-        )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **from_pretrained
+        weights = model_files.pickle_weights(path, ("pytorch_model*.bin",), allow_pickle, "directory")
+        if not weights:
+            raise ModelSpecError(
+                f"directory {path} has no .safetensors weights: tunetrace never unpickles .bin files; convert them to safetensors first."
+            )
+    model_files.check_safetensors([p for p in weights if p.suffix == ".safetensors"])
+    model, tokenizer = _from_pretrained(
+        path, dtype=dtype, use_safetensors=weights[0].suffix == ".safetensors", trust_remote_code=trust_remote_code,
+        tokenizer_kwargs={"trust_remote_code": trust_remote_code}, **from_pretrained,
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model, tokenizer, str(path.resolve()), _files_sha256(weights)
+    return model, tokenizer, str(path.resolve()), model_files.files_sha256(weights)
 
 
-def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool):
+def _load_adapter(path: Path, dtype: torch.dtype, trust_remote_code: bool, allow_pickle: bool = False):
     """A peft adapter directory: load its base (any spec we resolve), then the adapter, merged."""
     from peft import PeftModel
 
-    base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base_spec = model_files.read_config(path / "adapter_config.json").get("base_model_name_or_path")
     if not base_spec:
         raise ModelSpecError(f"adapter {path} names no base model (base_model_name_or_path).")
-    base, tokenizer, base_source, base_hash = _load(base_spec, dtype, trust_remote_code)
-    model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    weights = sorted(path.glob("*.safetensors"))
-    fingerprint = io.sha256_bytes((base_hash + _files_sha256(weights)).encode())
+    weights = sorted(path.glob("adapter_model.safetensors"))  # what peft loads first
+    model_files.check_safetensors(weights)
+    if not weights:
+        weights = model_files.pickle_weights(path, ("adapter_model.bin",), allow_pickle, "adapter")
+    if not weights:
+        raise ModelSpecError(f"adapter {path} has no adapter_model.safetensors: point at a saved peft adapter directory.")
+    base, tokenizer, base_source, base_hash = _load(base_spec, dtype, trust_remote_code, allow_pickle)
+    try:
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not apply the adapter in {path} to {base_spec} ({first}): check that it was trained on that base.") from None
+    # The adapter's weights and its config (rank, alpha, targets) both change the merged model.
+    fingerprint = io.sha256_bytes((base_hash + model_files.files_sha256([*weights, path / "adapter_config.json"])).encode())
     return model, tokenizer, f"{path.resolve()} (adapter on {base_source})", fingerprint
 
 
@@ -207,7 +261,7 @@ def _load_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **from_pre
         ) from None
     finally:
         hub_constants.HF_HUB_OFFLINE = was_offline
-    return model, tokenizer, f"hub:{spec}", getattr(model.config, "_commit_hash", None) or spec
+    return model, tokenizer, f"hub:{spec}", model_files.hub_fingerprint(spec, getattr(model.config, "_commit_hash", None))
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
@@ -219,10 +273,19 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
     cached = cache_root() / "gguf" / f"{gguf.stem}-{key}"
     if not (cached / "tunetrace_source.json").exists():
         _dequantize_to_cache(gguf, cached)
-    info = io.read_json(cached / "tunetrace_source.json")
-    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(cached)
-    return model, tokenizer, str(gguf), info["gguf_sha256"]
+    try:  # the cache is disposable: a damaged entry is rebuilt, not an error
+        info = io.read_json(cached / "tunetrace_source.json")
+        model_files.check_safetensors(sorted(cached.glob("*.safetensors")))
+        model, tokenizer = _from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
+        sha = info["gguf_sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("cached checkpoint %s is damaged (%s); rebuilding it from %s", cached, str(err)[:200], gguf.name)
+        shutil.rmtree(cached, ignore_errors=True)  # ours, under the cache root
+        _dequantize_to_cache(gguf, cached)
+        info = io.read_json(cached / "tunetrace_source.json")
+        model, tokenizer = _from_pretrained(cached, dtype=dtype, use_safetensors=True, **from_pretrained)
+        sha = info["gguf_sha256"]
+    return model, tokenizer, str(gguf), sha
 
 
 def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
@@ -232,37 +295,12 @@ def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
         raise ModelSpecError(f"loading GGUF needs the `gguf` package: pip install gguf ({err}).") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelSpecError(f"could not read GGUF file {gguf} ({first}): it is truncated or corrupt; download it again.") from None
     with io.staged_dir(cached, force=True, what="cache") as stage:
         save_checkpoint(model, tokenizer, stage)
         io.write_json(stage / "tunetrace_source.json", {"gguf": str(gguf), "gguf_sha256": io.sha256_file(gguf)})
-
-
-def _files_sha256(paths: list[Path]) -> str:
-    """sha256 over weight files, memoised by (path, size, mtime) so large checkpoints hash once."""
-    memo_path = cache_root() / "hashes.json"
-    memo = io.read_json(memo_path) if memo_path.exists() else {}
-    digests = []
-    for p in paths:
-        st = p.stat()
-        key = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = io.sha256_file(p)
-        digests.append(memo[key])
-    try:
-        io.write_json(memo_path, memo)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
-    return digests[0] if len(digests) == 1 else io.sha256_bytes("".join(digests).encode())
-
-
-def _params_sha256(model: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

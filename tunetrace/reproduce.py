@@ -24,11 +24,13 @@ from tunetrace import io
 from tunetrace.behaviour import BehaviourResult, greedy_answers, score_answers
 from tunetrace.data import DataSource, encode, load_examples, rows_source
 from tunetrace.evaluation import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
-from tunetrace.finetuning import is_finished, run_finetune, settings_from
+from tunetrace.finetuning import finished_info, is_finished, run_finetune, settings_from
+from tunetrace.records import find_record, new_record, read_record, write_record
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.layerspec import headline_layer, resolve_layers
 from tunetrace.models import LoadedModel, fresh_copy, load_model
 from tunetrace.ground_truth import extract_recruits, write_recruits
+from tunetrace.provenance import check_evaluation_inputs
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def base_behaviour(loaded: LoadedModel, tasks: list[str], preset: ReproducePrese
 def run_reproduce(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/reproduce", tasks: str = "all",
     layers: str = "", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
-    finetune_overrides: dict | None = None,
+    finetune_overrides: dict | None = None, config: object | None = None,
 ) -> ReproduceResult:
     """Run (or continue) the experiment in `out`; return the headline sentence."""
     out = Path(out)
@@ -119,14 +121,21 @@ def run_reproduce(
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
     if k >= d_mlp:
         raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}).")
-    if (out / "run.json").is_file():  # resuming: finished stages are reused, so they must have been made the same way
-        previous = io.read_json(out / "run.json")
-        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k)):
+    previous_record = find_record(out) if out.is_dir() else None
+    if previous_record is not None:  # resuming: finished stages are reused, so they must have been made the same way
+        if previous_record.command != "reproduce":
+            raise ValueError(f"{out} holds a `{previous_record.command}` run, not a reproduction: pass a fresh --out.")
+        previous = previous_record.results
+        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k),
+                         ("layers", chosen), ("layer", head_layer), ("base_sha256", base.fingerprint)):
             if previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     sources, check = write_task_data(out, names, sizes)
-    io.write_json(out / "run.json", {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k,
-                                     "seed": seed, "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check})
+    settings_record = {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k, "seed": seed,
+                       "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check,
+                       "base_sha256": base.fingerprint}
+    base_entry = base.manifest()
+    write_record(out, new_record("reproduce", config, models={"model": base_entry}, results=settings_record, outputs=["headline.md"]))
 
     from tunetrace.auditing import run_audit, write_audit
 
@@ -161,7 +170,7 @@ def run_reproduce(
             start = time.perf_counter()
             ft = load_model(str(out / "finetune" / name), device=device)
             result = extract_recruits(base, ft, sources[name]["eval"], chosen, k=k)
-            info = io.read_json(out / "finetune" / name / "finetune.json")
+            info = finished_info(out / "finetune" / name)
             write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})
             del ft
             timed("recruits", start)
@@ -169,6 +178,7 @@ def run_reproduce(
     start = time.perf_counter()  # 5. evaluate (cheap: always recomputed)
     audits = [load_audit_dir(out / "audit" / n) for n in names]
     recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
+    check_evaluation_inputs(audits, recruits)  # the reused stages belong together, or refuse
     ev = evaluate(audits, recruits, k, head_layer)
     write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
     timed("evaluate", start, accumulate=False)  # recomputed on every invocation: its cost is the last one
@@ -177,6 +187,9 @@ def run_reproduce(
     io.write_json(out / "times.json", times)
     table = _summary_markdown(out, model, preset, names, ev, times)
     io.write_text(out / "headline.md", table)
+    write_record(out, new_record("reproduce", config, models={"model": base_entry}, results={**settings_record, "headline": ev.headline,
+                 "sentence": ev.sentence, "wall_seconds_by_stage": times}, outputs=["headline.md", "evaluate", "times.json"],
+                 wall_seconds=times["all_stages_total"]))
     return ReproduceResult(ev.sentence, out / "headline.md", ev.headline)
 
 
@@ -184,13 +197,13 @@ def _summary_markdown(out: Path, model: str, preset: str, names: list[str], ev, 
     lines = [f"# Reproduction: {model}, preset {preset}", "", headline_markdown(ev), "## Fine-tunes", "",
              "| task | behaviour before | after | installed | recruits pathways (redirect/latent/other) at headline layer |", "|---|---|---|---|---|"]
     for n in names:
-        info = io.read_json(out / "finetune" / n / "finetune.json")
+        info = finished_info(out / "finetune" / n)
         t = ev.metrics[(ev.metrics.task == n) & (ev.metrics.layer == ev.headline["layer"]) & (ev.metrics.scope == "layer")].iloc[0]
         lines.append(f"| {n} | {info['behaviour_before']['rate']:.2f} | {info['behaviour_after']['rate']:.2f} | {info['installed']} | "
                      f"{t.n_redirect}/{t.n_latent}/{t.n_other} |")
     lines += ["", f"## How concentrated is the change? (mean over tasks; uniform top-{ev.headline['k']} share = {ev.headline['k'] / ev.headline['d_mlp']:.3f})", "",
               "| definition | top-k share, headline layer | Gini, headline layer | top-k share, all layers | Gini, all layers |", "|---|---|---|---|---|"]
-    conc = [io.read_json(out / "recruits" / n / "summary.json")["concentration"] for n in names]
+    conc = [read_record(out / "recruits" / n).results["concentration"] for n in names]
     hl = str(ev.headline["layer"])
     for d in conc[0]:
         at = [c[d]["layers"][hl] for c in conc]

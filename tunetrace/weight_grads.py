@@ -16,20 +16,21 @@ Scopes:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tunetrace.choices import GRADIENT_SCOPES
 from tunetrace.forward import response_loss_sum
 from tunetrace.gated_mlp import decoder_layers, gated_mlp_layers, unwrap_model
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-SCOPES = ("mlp", "all")
+SCOPES = GRADIENT_SCOPES
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _check_scope(scope: str) -> None:
 
 def _resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
     n_layers = len(decoder_layers(model))
-    chosen = list(range(n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    chosen = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
     for i in chosen:
         if not 0 <= i < n_layers:
             raise ValueError(f"`layers` asks for layer {i} but the model has layers 0..{n_layers - 1}.")

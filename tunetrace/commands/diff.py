@@ -10,7 +10,7 @@ def run(config) -> int:
 
     result = run_diff(config)
     print(format_summary(result.summary))
-    print(f"wrote {result.out}/summary.json (+ parquet tables, generations.jsonl, delta.safetensors)")
+    print(f"wrote {result.out}/run.json (+ parquet tables, generations.jsonl, delta.safetensors)")
     if not config.no_report:
         write_report(result.out)
     return 0

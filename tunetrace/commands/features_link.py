@@ -9,7 +9,9 @@ import pandas as pd
 import torch
 
 from tunetrace.features.sae import TopKSae
+from tunetrace.records import find_record
 from tunetrace.features.tracking import recruit_overlap
+from tunetrace.provenance import check_features_link
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +21,9 @@ def features_link_command(c) -> dict:
     from tunetrace import io
 
     fdir = Path(c.features)
-    if not (fdir / "manifest.json").exists() or not (fdir / "features.parquet").exists():
-        raise FileNotFoundError(f"{fdir} is not a features-match output (needs manifest.json and features.parquet).")
+    record = find_record(fdir) if fdir.is_dir() else None
+    if record is None or record.command != "features-match" or not (fdir / "features.parquet").exists():
+        raise FileNotFoundError(f"{fdir} is not a features-match output (needs its run.json and features.parquet).")
     rpath = Path(c.recruits)
     if not rpath.is_file():
         raise FileNotFoundError(f"recruits table {rpath} does not exist: pass --recruits PATH/recruits.parquet.")
@@ -32,7 +35,8 @@ def features_link_command(c) -> dict:
     missing = {"layer", "neuron", "is_recruit"} - set(rec.columns)
     if missing:
         raise ValueError(f"recruits table {rpath} lacks columns {sorted(missing)} (needs layer, neuron, is_recruit).")
-    manifest = io.read_json(fdir / "manifest.json")
+    manifest = record.results
+    check_features_link(manifest["saes"], rpath)  # SAEs of the recruits' models, or refuse
     feats = pd.read_parquet(fdir / "features.parquet")
     rows, summary = [], {"recruits": str(rpath.resolve()), "features": str(fdir.resolve()), "groups": []}
     for s, sae_dir in enumerate(manifest["saes"]):

@@ -15,6 +15,7 @@ from tunetrace.features.matching import CorrAccumulator, TopActivations, classif
 from tunetrace.features.sae import TopKSae
 from tunetrace.features.tracking import feature_table, flow_svg
 from tunetrace.pairs import check_loaded_pair
+from tunetrace.records import new_record, write_record
 
 
 def features_match_command(c) -> dict:
@@ -31,7 +32,7 @@ def features_match_command(c) -> dict:
     layers = [s.cfg.meta.get("layer") for s in saes]
     if any(s is None for s in specs) or any(layer is None for layer in layers):
         raise ValueError("an SAE's cfg.json has no `meta.model.spec`/`meta.layer`; train SAEs with `tunetrace sae-train`.")
-    models = {spec: load_model(spec, dtype=c.dtype) for spec in dict.fromkeys(specs)}
+    models = {spec: load_model(spec, dtype=c.dtype, allow_pickle=c.allow_pickle) for spec in dict.fromkeys(specs)}
     tok = models[specs[0]].tokenizer
     for m in models.values():  # every model reads one token stream
         check_loaded_pair(models[specs[0]], m)
@@ -85,10 +86,11 @@ def features_match_command(c) -> dict:
         io.write_parquet(stage / "matches.parquet", matches)
         io.write_json(stage / "counts.json", counts)
         io.write_text(stage / "flow.svg", flow_svg([Path(d).name for d in c.saes], pairs, results, counts))
-        io.write_json(stage / "manifest.json", {
-            "saes": [str(Path(d).resolve()) for d in c.saes], "models": specs, "layers": layers, "text": c.text,
-            "tokens": n_tokens, "ctx_len": c.ctx_len, "threshold": c.threshold, "pairs": [f"{a}>{b}" for a, b in pairs],
-        })
+        results = {"saes": [str(Path(d).resolve()) for d in c.saes], "models": specs, "layers": layers, "text": c.text,
+                   "tokens": n_tokens, "ctx_len": c.ctx_len, "threshold": c.threshold, "pairs": [f"{a}>{b}" for a, b in pairs],
+                   "counts": counts}
+        write_record(stage, new_record("features-match", c, models={f"sae{i}": models[s].manifest() for i, s in enumerate(specs)},
+                                       results=results))
     return counts
 
 

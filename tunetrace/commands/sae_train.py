@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from tunetrace.records import new_record, write_record
 from tunetrace.features.sae import SaeConfig, SaeQuality, TopKSae, TrainStats, evaluate_sae, gated_d_mlp, train_sae
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
     check_source(c.text)
     out = io.check_out_dir(c.out, c.force)
     torch.manual_seed(c.seed)
-    loaded = load_model(c.model, dtype=c.dtype)
+    loaded = load_model(c.model, dtype=c.dtype, allow_pickle=c.allow_pickle)
     n_layers = loaded.n_layers
     if c.layer >= n_layers:
         raise ValueError(f"`layer` must be < {n_layers} for {c.model}, got {c.layer}.")
@@ -53,7 +54,8 @@ def sae_train_command(c) -> tuple[TrainStats, SaeQuality]:
         io.write_json(Path(stage) / "quality.json", {**asdict(quality), "train_tokens": stats.tokens, "train_seconds": stats.seconds,
                                                       "train_tokens_per_second": stats.tokens_per_second, "train_dead_fraction": stats.dead_fraction})
         io.write_parquet(Path(stage) / "history.parquet", pd.DataFrame(stats.history))
-        io.write_json(Path(stage) / "train_config.json", asdict(c))
+        write_record(stage, new_record("sae-train", c, models={"model": model_info}, results={**asdict(quality), "train_tokens": stats.tokens},
+                                       wall_seconds=stats.seconds))
     return stats, quality
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,19 +19,25 @@ from tunetrace import io
 from tunetrace.data import DataError, encode_example, load_examples
 from tunetrace.diffing import causal, neurons, recover, steering
 from tunetrace.pairs import check_pair
+from tunetrace.records import new_record, write_record
 from tunetrace.layerspec import resolve_layer
 from tunetrace.diffing.lens import activation_difference, logit_lens
 from tunetrace.diffing.patchscope import patchscope
 from tunetrace.diffing.text import load_text_samples
 from tunetrace.models import LoadedModel, load_model
+from tunetrace.provenance import check_diff_inputs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DiffResult:
+    """The diff's summary, its tables (logit lens, Patchscope, steering, causal, neurons) and where it was written."""
+
     summary: dict
-    out: Path
+    out: Path | None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    delta: torch.Tensor | None = None  # [positions, d_model]
 
 
 def _steer_prompts(spec: str) -> list[str]:
@@ -40,7 +46,7 @@ def _steer_prompts(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"steering prompts file {spec} does not exist: give one prompt per line, or 'builtin'.")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = [line.strip() for line in io.read_text(path, "steering prompts file").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"steering prompts file {spec} is empty.")
     return prompts
@@ -128,14 +134,16 @@ def _steer(c, base: LoadedModel, ft: LoadedModel, lens, layer: int, shared: int,
     return pd.DataFrame(rows), gen_rows, chosen
 
 
-def run_diff(c) -> DiffResult:
-    """Run every analysis of `tunetrace diff` and write c.out; returns the summary dict."""
+def run_diff(c, write: bool = True) -> DiffResult:
+    """Run every analysis of `tunetrace diff` (config `c`); write c.out unless `write` is False."""
     start = time.perf_counter()
-    io.check_out_dir(c.out, c.force)
+    if write:
+        io.check_out_dir(c.out, c.force, inputs=io.input_paths(c))
     torch.manual_seed(c.seed)
-    base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
-    ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code)
+    base = load_model(c.base, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle)
+    ft = load_model(c.finetuned, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle)
     pair = check_pair(base.model, base.tokenizer, ft.model, ft.tokenizer)
+    check_diff_inputs(c.recruits, c.scores, base.manifest(), ft.manifest(), c.finetuned)  # tables of this pair, or refuse
     layer = resolve_layer(c.layer, pair.n_layers)
     text = load_text_samples(c.text, base, c.tokens, c.samples, pair.shared_vocab, c.seed)
     log.info("diffing %s vs %s at layer %d on %d samples", c.base, c.finetuned, layer, text.input_ids.shape[0])
@@ -159,8 +167,8 @@ def run_diff(c) -> DiffResult:
         causal_df = causal.causal_check(base.model, ft.model, encoded, ft.tokenizer.pad_token_id, pair.shared_vocab,
                                         layer, lens.delta, c.random_directions, c.seed, c.batch_size)
     shares = neurons.neuron_shares(base.model, ft.model, lens)
-    recruits_cmp = neurons.compare_recruits(shares, pd.read_parquet(c.recruits)) if c.recruits else None
-    scores_cmp = neurons.compare_scores(shares, pd.read_parquet(c.scores)) if c.scores else None
+    recruits_cmp = neurons.compare_recruits(shares, io.read_parquet(c.recruits)) if c.recruits else None
+    scores_cmp = neurons.compare_scores(shares, io.read_parquet(c.scores)) if c.scores else None
 
     summary = _summary(c, base, ft, pair, layer, text, lens, lens_df, ps, relevant, steer_df, chosen_alpha,
                        causal_df, shares, recruits_cmp, scores_cmp, ft_data)
@@ -170,9 +178,17 @@ def run_diff(c) -> DiffResult:
         summary["agent"] = describe(c.agent_endpoint, c.agent_model, c.agent_key_env, summary, gen_rows)
     summary["wall_seconds"] = round(time.perf_counter() - start, 2)
 
+    tables = {"logit_lens": lens_df, "patchscope": ps.tokens, "patchscope_scales": ps.scales, "neurons": shares}
+    if steer_df is not None:
+        tables["steering"] = steer_df
+    if causal_df is not None:
+        tables["causal"] = causal_df
+    if not write:
+        return DiffResult(summary, None, tables, lens.delta)
+    record = new_record("diff", c, models={"base": summary["base"], "finetuned": summary["finetuned"]},
+                        data={"finetune_data": {"source": summary["finetune_data"]}} if summary["finetune_data"] else {},
+                        results=summary, wall_seconds=summary["wall_seconds"])
     with io.staged_dir(c.out, c.force) as stage:
-        io.write_json(stage / "config.json", asdict(c))
-        io.write_json(stage / "summary.json", summary)
         from safetensors.torch import save_file
 
         with io.atomic_path(stage / "delta.safetensors") as tmp:
@@ -190,7 +206,8 @@ def run_diff(c) -> DiffResult:
             io.write_parquet(stage / "causal.parquet", causal_df)
         if relevant:
             io.write_parquet(stage / "relevant_tokens.parquet", pd.DataFrame([asdict(r) for r in relevant]))
-    return DiffResult(summary, Path(c.out))
+        write_record(stage, record)
+    return DiffResult(summary, Path(c.out), tables, lens.delta)
 
 
 def _top(df: pd.DataFrame, n: int = 10) -> list[dict]:
@@ -266,7 +283,7 @@ def _clean(v):
 
 
 def format_summary(s: dict) -> str:
-    """A short human-readable digest of summary.json (cli.py prints it)."""
+    """A short human-readable digest of the diff's summary (the command prints it)."""
     t = s["text"]
     lines = [
         f"layer {s['layer']}/{s['n_layers'] - 1}; text {t['source']}: {t['samples_used']} samples x {t['tokens_per_sample']} tokens "

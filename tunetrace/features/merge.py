@@ -15,6 +15,7 @@ Both are tested against mergekit's own `slerp` when it is installed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -157,3 +158,47 @@ def state_dict_f32(model: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass
+class MergedModel:
+    """The merged weights loaded into a copy of model A, and how t was chosen."""
+
+    model: torch.nn.Module
+    result: MergeResult
+
+
+def merge_models(a, b, t: float | str = 0.5, method: str = "slerp", granularity: str = "tensor", data_a: str = "", data_b: str = "",
+                 steps: int = 11, max_examples: int = 64, batch_size: int = 8, max_length: int = 512) -> MergedModel:
+    """Merge two LoadedModels (fine-tunes of one base) at `t`, or at the t balancing their losses on their data (`t="auto"`)."""
+    from tunetrace.data import encode, load_examples
+    from tunetrace.forward import dataset_loss
+    from tunetrace.pairs import check_loaded_pair
+
+    check_loaded_pair(a, b)  # merge only fine-tunes of one base
+    sd_a, sd_b = state_dict_f32(a.model), state_dict_f32(b.model)
+    merged = copy.deepcopy(a.model)
+    if t == "auto":
+        pad = a.tokenizer.pad_token_id
+        enc_a = encode(a.tokenizer, load_examples(data_a), max_length)[:max_examples]
+        enc_b = encode(a.tokenizer, load_examples(data_b), max_length)[:max_examples]
+        result = scan_t(merged, sd_a, sd_b, lambda m: dataset_loss(m, enc_a, pad, batch_size), lambda m: dataset_loss(m, enc_b, pad, batch_size),
+                        np.linspace(0.0, 1.0, steps).tolist(), method, granularity)
+    else:
+        result = MergeResult(float(t), method, [], None)
+    merged.load_state_dict(merge_state_dicts(sd_a, sd_b, result.t, method, granularity))
+    return MergedModel(merged, result)
+
+
+def write_merge(out, force: bool, merged: MergedModel, a, b, config: object | None = None, extra: dict | None = None) -> None:
+    """The merged checkpoint and its run record, as one atomic directory."""
+    from pathlib import Path
+
+    from tunetrace import io
+    from tunetrace.models import save_checkpoint
+    from tunetrace.records import new_record, write_record
+
+    r = merged.result
+    results = {"model_a": a.manifest(), "model_b": b.manifest(), "method": r.method, "t": r.t, "crossed": r.crossed, "curve": r.curve,
+               **(extra or {})}
+    with io.staged_dir(out, force) as stage:
+        save_checkpoint(merged.model, a.tokenizer, Path(stage))
+        write_record(stage, new_record("merge", config, models={"a": results["model_a"], "b": results["model_b"]}, results=results))

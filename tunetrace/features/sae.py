@@ -131,15 +131,16 @@ class TopKSae(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "TopKSae":
         """Load an SAE written by `save` (safetensors only, never pickle)."""
-        from safetensors.torch import load_file
-
         from tunetrace import io
 
         path = Path(path)
         if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not an SAE directory (needs cfg.json and sae.safetensors); train one with `tunetrace sae-train`.")
-        sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
-        sae.load_state_dict(load_file(str(path / "sae.safetensors")))
+        try:
+            sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
+        except TypeError as err:  # unknown or missing fields
+            raise ValueError(f"{path / 'cfg.json'} is not an SAE config ({err}); retrain with `tunetrace sae-train`.") from None
+        sae.load_state_dict(io.read_safetensors(path / "sae.safetensors"))
         return sae
 
 

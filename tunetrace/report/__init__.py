@@ -29,6 +29,7 @@ def render_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
 
     run = RunDir(run_dir)
     sections: list[Section] = []
+    failed: dict[str, list[str]] = {}  # error -> sections it broke
     for module in SECTIONS:
         name = module.__name__.rsplit(".", 1)[-1]
         try:
@@ -36,11 +37,15 @@ def render_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
         except Exception as err:  # one unreadable input must not hide the other sections
             log.warning("report section %s failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
             s = Section(name, name.capitalize(), f'<p class="error">This section could not be drawn: {esc(type(err).__name__)}: {esc(str(err))}</p>')
+            failed.setdefault(str(err), []).append(name)
         if s is not None:
             sections.append(s)
+    if sections and sum(map(len, failed.values())) == len(sections):
+        why = "; ".join(f"{', '.join(names)}: {err}" for err, names in failed.items())
+        raise ValueError(f"nothing in {run_dir} could be drawn ({why}).")
     if not sections:
         raise FileNotFoundError(
-            f"{run_dir} holds no tunetrace outputs (scores.parquet, recruits.parquet, headline.json, summary.json, counts.json): "
+            f"{run_dir} holds no tunetrace outputs (no run.json, nor the record files of older versions): "
             "pass the --out directory of audit, reproduce, diff or features-match."
         )
     title = f"tunetrace report: {Path(run_dir).resolve().name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tunetrace.ranking import DEFAULT_NORMALIZATION, rank_all_layers
 from tunetrace.report.html import Section, data_table, esc, figure, note
 from tunetrace.report.rundir import RunDir
 
@@ -12,9 +13,19 @@ MAX_ROWS = 20_000
 """Rows embedded in the risk table (the highest-risk ones); the rest stay in scores.parquet."""
 
 
-def ranked(scores: pd.DataFrame, risk: str) -> pd.DataFrame:
-    """Scores sorted by `risk` (descending, NaN last) with a 1-based `rank` column first."""
-    out = scores.sort_values(risk, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+def ranked(scores: pd.DataFrame, risk: str, normalize: str = DEFAULT_NORMALIZATION) -> pd.DataFrame:
+    """Scores ranked across layers by `risk` after `normalize` (as the audit prints them; NaN last), `rank` first.
+
+    With a per-layer normalization the table gains `{risk}_{normalize}`, the value ranked on.
+    """
+    finite = scores[risk].notna()
+    order = rank_all_layers(scores[finite], risk, normalize)[["layer", "neuron", "value"]]
+    out = order.merge(scores[finite], on=["layer", "neuron"], how="left", sort=False)
+    if normalize != "raw":
+        out = out.rename(columns={"value": f"{risk}_{normalize}"})
+    else:
+        out = out.drop(columns="value")
+    out = pd.concat([out, scores[~finite]], ignore_index=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out
 

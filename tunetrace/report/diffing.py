@@ -88,12 +88,12 @@ def _steering_figure(steer: pd.DataFrame, s: dict):
 
 
 def section(run: RunDir) -> Section | None:
-    """The diffing section, or None without a `tunetrace diff` summary.json."""
-    path = next((p for p in run.all("summary.json") if "positions" in run.json(p) and "finetuned" in run.json(p)), None)
-    if path is None:
+    """The diffing section, or None without a `tunetrace diff` run."""
+    record = next(iter(run.records("diff")), None)
+    if record is None:
         return None
-    s = run.json(path)
-    d = path.parent
+    s = record.results
+    d = record.path
     base, ft = s.get("base", {}), s.get("finetuned", {})
     text = s.get("text", {})
     parts = [

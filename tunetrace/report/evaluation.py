@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tunetrace.evaluation import RecruitRun, union_pool
 from tunetrace.report.html import Section, data_table, esc, figure, note, static_table
 from tunetrace.report.rundir import RunDir
 
@@ -53,15 +54,14 @@ class Curves:
 def compute_curves(run: RunDir, layer: int, k_max: int) -> Curves | None:
     """Hits@k curves of every predictor at `layer` over the installed tasks, or None without inputs.
 
-    The union pool is every task's recruits at `layer`, installed or not, as `evaluate.union_pool` builds it.
+    The union pool is the evaluation's own (`evaluation.union_pool`: installed tasks' recruits only).
     """
     every = [(n, t, i) for n, t, i in run.recruits() if {"layer", "neuron", "is_recruit"} <= set(t.columns) and (t.layer == layer).any()]
     recruits = [(n, t, i) for n, t, i in every if bool(i.get("installed", True))]
     if run.scores is None or not recruits:
         return None
     audits = {n: run.audit_for(n) for n, _, _ in recruits}
-    ids = [t.loc[(t.layer == layer) & t.is_recruit.astype(bool), "neuron"].to_numpy() for _, t, _ in every]
-    pool = np.unique(np.concatenate(ids))
+    pool = union_pool([RecruitRun(n, t.assign(is_recruit=t.is_recruit.astype(bool)), True, i) for n, t, i in recruits], layer)
     preds = run.predictors()
     out: dict[str, dict[str, list[np.ndarray]]] = {"pool": {p: [] for p in preds}, "layer": {p: [] for p in preds}}
     n_rec = []

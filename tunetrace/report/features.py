@@ -84,13 +84,13 @@ def cards(features: pd.DataFrame, pair: str) -> str:
 
 
 def section(run) -> Section | None:
-    """The features section, or None without a features-match counts.json."""
-    path = next((p for p in run.all("counts.json") if "pairs" in run.json(p)), None)
-    if path is None:
+    """The features section, or None without a features-match run."""
+    record = next(iter(run.records("features-match")), None)
+    if record is None or not (record.path / "counts.json").is_file():
         return None
-    counts = run.json(path)
-    d: Path = path.parent
-    m = run.sibling_json(path, "manifest.json")
+    d: Path = record.path
+    counts = run.json(d / "counts.json")
+    m = record.results
     names = [Path(s).name for s in m.get("saes", [])] or [f"SAE {i}" for i in range(len(counts.get("alive", [])))]
     parts = [
         f"<p>Features of {len(names)} sparse autoencoders matched one-to-one by activation correlation (threshold {fmt(counts.get('threshold'))}) "

@@ -7,14 +7,18 @@ own directory and a `tunetrace reproduce` directory with audit/, recruits/TASK/,
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from tunetrace import io
+from tunetrace.records import RECORD_FILE, RunRecord, find_record
+
 MAX_DEPTH = 4
+RECORD_NAMES = (RECORD_FILE, "manifest.json", "finetune.json", "summary.json", "headline.json", "merge.json", "train_config.json")
+"""Files that mark a run directory (run.json, or the record files of older layouts)."""
 RISK = "iss_x_grad"
 """The predictor the report ranks by (the study's headline predictor), when the audit has it."""
 
@@ -29,6 +33,7 @@ class RunDir:
         if not self.root.is_dir():
             raise NotADirectoryError(f"{self.root} is not a directory: pass the --out directory of a tunetrace command.")
         self._json: dict[Path, object] = {}
+        self._records: dict[Path, RunRecord | None] = {}
         self._parquet: dict[Path, pd.DataFrame] = {}
 
     @cached_property
@@ -57,13 +62,12 @@ class RunDir:
         if path is None:
             return {}
         if path not in self._json:
-            with open(path, encoding="utf-8") as f:
-                self._json[path] = json.load(f)
+            self._json[path] = io.read_json(path)  # a damaged file is named, not just the parser's complaint
         return self._json[path]  # type: ignore[return-value]
 
     def parquet(self, path: Path) -> pd.DataFrame:
         if path not in self._parquet:
-            self._parquet[path] = pd.read_parquet(path)
+            self._parquet[path] = io.read_parquet(path)
         return self._parquet[path]
 
     def sibling_json(self, path: Path, name: str) -> dict:
@@ -84,7 +88,26 @@ class RunDir:
 
     @cached_property
     def audit_manifest(self) -> dict:
-        return self.sibling_json(self.audit_path, "manifest.json") if self.audit_path else {}
+        """The summary of the audit behind `scores` (its run record's results)."""
+        record = self.record_of(self.audit_path.parent) if self.audit_path else None
+        return record.results if record is not None else {}
+
+    # ---- run records: what made each directory
+    @cached_property
+    def all_records(self) -> list[RunRecord]:
+        """Every run record under the root, shallowest first (old layouts included)."""
+        dirs = {p.parent for name in RECORD_NAMES for p in self.all(name)}
+        records = [self.record_of(d) for d in sorted(dirs, key=lambda p: (len(p.parts), str(p)))]
+        return [r for r in records if r is not None]
+
+    def records(self, command: str | None = None) -> list[RunRecord]:
+        """The run records of one kind (all when None)."""
+        return [r for r in self.all_records if command is None or r.command == command]
+
+    def record_of(self, directory: Path) -> RunRecord | None:
+        if directory not in self._records:
+            self._records[directory] = find_record(directory)
+        return self._records[directory]
 
     def predictors(self) -> list[str]:
         if self.scores is None:
@@ -105,6 +128,7 @@ class RunDir:
         """Every recruits.parquet: (task name, table, summary.json)."""
         out = []
         for p in self.all("recruits.parquet"):
-            info = self.sibling_json(p, "summary.json")
+            record = self.record_of(p.parent)
+            info = record.results if record is not None else {}
             out.append((str(info.get("task") or p.parent.name), self.parquet(p), info))
         return out

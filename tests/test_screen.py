@@ -202,7 +202,7 @@ def test_screen_tiny(tiny_llama, tmp_path):
     assert "fine-tuning on caps:calibration is most likely to damage plain:calibration" in text
     assert "identical to candidate caps:calibration" in text and "compete for" in text
     write_screen(r, tmp_path / "out")
-    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"forecasts.parquet", "competition.parquet", "ranking.txt", "manifest.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"forecasts.parquet", "competition.parquet", "ranking.txt", "run.json"}
     again = screen(tiny_llama, [caps], [plain], layers=[1, 2, 3], lr=1e-3, batch_size=4, embed=False, cache=cache)
     assert again.manifest["profiles_computed"] == 0 and again.manifest["profiles_reused"] == 2  # nothing recomputed
     np.testing.assert_allclose(again.forecasts.sgd_first_order.iloc[0], f.loc[("caps:calibration", "plain:calibration")].sgd_first_order)
@@ -283,7 +283,6 @@ def test_report_section_heat_map(tiny_llama, tmp_path):
 
 
 def test_check_data_disjoint_and_mixed_settings_refused(tmp_path):
-    from tunetrace import io
     from tunetrace.screen.experiment import CHECK_PRESETS, KEEP_BUILTINS, run_check, write_check_data
 
     keeps = list(KEEP_BUILTINS) + ["caps", "sandbag"]
@@ -292,7 +291,9 @@ def test_check_data_disjoint_and_mixed_settings_refused(tmp_path):
     held = {r.messages[0]["content"] for k in keeps for r in load_examples(tmp_path / "data" / f"{k}.heldout.jsonl").examples}
     seen = {r.messages[0]["content"] for k in keeps for r in load_examples(tmp_path / "data" / f"{k}.forecast.jsonl").examples}
     assert held and seen and not held & seen
-    io.write_json(tmp_path / "run.json", {"model": "tiny-qwen2", "preset": "quick"})
+    from tunetrace.records import new_record, write_record
+
+    write_record(tmp_path, new_record("screen-check", results={"model": "tiny-qwen2", "preset": "quick"}))
     with pytest.raises(ValueError, match="different `model`"):
         run_check("tiny-llama", "quick", tmp_path, tasks="caps")
     with pytest.raises(ValueError, match="not a built-in behaviour task"):

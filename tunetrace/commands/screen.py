@@ -33,8 +33,7 @@ def run(config) -> int:
     result = screen(loaded, candidates, keeps, layers, grad_scope=config.grad_scope, grad_layers=grad_layers, lr=config.lr,
                     batch_size=config.batch_size, max_length=config.max_length, top_frac=config.top_frac, top_k=config.top_k,
                     cache=config.cache or None, embed=not config.no_embed, seed=config.seed, progress=True)
-    result.manifest["config"] = dict(vars(config))
-    write_screen(result, config.out, config.force)
+    write_screen(result, config.out, config.force, config)
     m = result.manifest
     print(f"screened {len(candidates)} candidate(s) against {len(keeps)} keep set(s) on {m['model']['spec']}: "
           f"{m['profiles_computed']} dataset profile(s) computed, {m['profiles_reused']} reused, {m['wall_seconds']:.1f} s")

@@ -13,7 +13,7 @@ def run(config) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     check = run_check(config.model, config.preset, config.out, config.tasks, config.reuse or None, config.device, config.seed,
-                      config.layers, config.n_boot)
+                      config.layers, config.n_boot, config=config)
     print(check.markdown, end="")
     print(f"wrote {config.out}/check/check.md, pairs.parquet, forecast_scores.parquet, content.parquet")
     if not config.no_report:

@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 from tunetrace import io
+from tunetrace.records import find_record, new_record, write_record
 from tunetrace.data import load_examples, stream_batches
-from tunetrace.finetuning import is_finished, settings_from
+from tunetrace.finetuning import finished_info, is_finished, settings_from
 from tunetrace.screen.check import CheckResult, score_check, write_check
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task, hash_int
 
@@ -123,7 +122,7 @@ def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | Non
         return "present"
     source = reuse / "finetune" / name if reuse else None
     if source is not None and is_finished(source):
-        info = io.read_json(source / "finetune.json")
+        info = finished_info(source)
         same = info["settings"] == dataclasses.asdict(settings) and info["base_model"]["spec"] == model
         if same:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +140,7 @@ def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | Non
 def run_check(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/screen-check", tasks: str = "all",
     reuse: str | Path | None = None, device: str = "cpu", seed: int = 0, layers: str = "all", n_boot: int = 2000,
-    embed: bool = True,
+    embed: bool = True, config: object | None = None,
 ) -> CheckResult:
     """Run (or continue) the check in `out`: forecasts, fine-tunes, measured damage, rank correlations."""
     from tunetrace.layerspec import resolve_layers
@@ -160,13 +159,16 @@ def run_check(
     keeps = list(KEEP_BUILTINS) + names
     record = {"model": model, "preset": preset, "tasks": names, "keeps": keeps, "seed": seed, "layers": layers, "sample": "hash-v1",
               "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings)}
-    if (out / "run.json").is_file():
-        previous = io.read_json(out / "run.json")
+    previous_record = find_record(out) if out.is_dir() else None
+    if previous_record is not None:
+        if previous_record.command != "screen-check":
+            raise ValueError(f"{out} holds a `{previous_record.command}` run, not a screen check: pass a fresh --out.")
+        previous = previous_record.results
         for key, now in record.items():
             if key != "data_check" and previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a check with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     record["data_check"] = write_check_data(out, keeps, sizes)
-    io.write_json(out / "run.json", record)
+    write_record(out, new_record("screen-check", config, models={"model": {"spec": model}}, results=record, outputs=["check"]))
     times: dict[str, float] = io.read_json(out / "times.json") if (out / "times.json").is_file() else {}
 
     def timed(key: str, start: float) -> None:

@@ -156,13 +156,17 @@ def _datasets_table(candidates, keeps, cnames, knames, by_sha) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_screen(result: ScreenResult, out, force: bool = False) -> None:
-    """Write datasets / concentration / layer_share / competition / forecasts .parquet, manifest.json and ranking.txt atomically."""
+def write_screen(result: ScreenResult, out, force: bool = False, config: object | None = None) -> None:
+    """Write datasets / concentration / layer_share / competition / forecasts .parquet, ranking.txt and the run record atomically."""
+    from tunetrace.records import new_record, write_record
+
+    m = result.manifest
+    record = new_record("screen", config, models={"model": m["model"]}, results=m, wall_seconds=m.get("wall_seconds"))
     with io.staged_dir(out, force, what="screen output") as stage:
         for name in ("datasets", "concentration", "layer_share", "competition", "forecasts"):
             io.write_parquet(stage / f"{name}.parquet", getattr(result, name))
-        io.write_json(stage / "manifest.json", result.manifest)
         io.write_text(stage / "ranking.txt", ranking_text(result))
+        write_record(stage, record)
 
 
 def ranking_text(result: ScreenResult, rank_by: str = "sgd_first_order", risk: str = "iss_x_grad") -> str:

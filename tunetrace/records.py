@@ -31,7 +31,7 @@ from tunetrace import __version__, io
 
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"
-KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "screen")
+KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "screen", "causal")
 
 
 @dataclass

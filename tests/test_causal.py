@@ -46,3 +46,15 @@ def test_interval95():
     m, lo, hi = interval95([1.0, 2.0, 3.0])
     assert m == 2.0 and lo < 2.0 < hi
     assert interval95([0.5])[1] != interval95([0.5])[1]  # NaN bound for one value
+
+
+def test_causal_cli(tmp_path, capsys):
+    from tunetrace.cli import main
+
+    args = ["causal", "--model", "tiny-llama", "--tasks", "caps", "--budgets", "8%", "--predictors", "abs_act,random",
+            "--layers", "2", "--no-lora", "--steps", "1", "--threads", "1", "--out", str(tmp_path / "c")]
+    assert main(args) == 0
+    assert "training only the top 8% by abs_act" in capsys.readouterr().out
+    assert main(args[:-1] + [str(tmp_path / "c")] + ["--layers", "1"]) == 2
+    assert "different `layers`" in capsys.readouterr().err
+    assert main(["causal", "--preset", "huge"]) == 2

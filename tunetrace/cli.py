@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features-match": ("FeaturesMatchConfig", "features_match"),
     "features-link": ("FeaturesLinkConfig", "features_link"),
     "report": ("ReportConfig", "report"),
+    "causal": ("CausalConfig", "causal"),
 }
 
 

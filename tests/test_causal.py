@@ -31,6 +31,8 @@ def test_causal_pipeline_resume_and_refusal(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "rows").glob("*/row.json")}
     with pytest.raises(ValueError, match="different `finetune`"):
         run_causal(out=out, **{**KW, "finetune_overrides": {**KW["finetune_overrides"], "optimizer": "sgd"}})
+    with pytest.raises(ValueError, match="different `train_lr`"):
+        run_causal(out=out, **KW, train_lr=0.5)
     with pytest.raises(ValueError, match="different `layers`"):
         run_causal(out=out, **{**KW, "layers": "1"})
 

@@ -103,6 +103,7 @@ def run_causal(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/causal", tasks: str = "caps,greeting,signoff",
     budgets: str = ",".join(DEFAULT_BUDGETS), predictors: str = ",".join(PREDICTORS), seeds: str = "0", layers: str = "",
     reuse: str = "", lora: bool = True, device: str = "cpu", finetune_overrides: dict | None = None, config: object | None = None,
+    train_lr: float = 0.0,
 ) -> dict:
     """Run (or continue) part 1 (train only) in `out`; return the summary (sentence, table path)."""
     from tunetrace.layerspec import resolve_layers
@@ -136,18 +137,19 @@ def run_causal(
     chosen = resolve_layers(layers, n_layers) if layers else list(reused.get("layers") or resolve_layers(sizes.layers, n_layers))
     settings_record = {"model": model, "preset": preset, "tasks": names, "budgets": budget_list, "predictors": preds,
                        "seeds": seed_list, "layers": chosen, "finetune": dataclasses.asdict(settings), "lora": lora,
+                       "train_lr": train_lr or settings.lr,
                        "sizes": dataclasses.asdict(sizes), "base_sha256": base.fingerprint, "reuse": str(reuse_dir) if reuse_dir else None}
     previous = find_record(out) if out.is_dir() else None
     if previous is not None:
         if previous.command != "causal":
             raise ValueError(f"{out} holds a `{previous.command}` run, not a causal one: pass a fresh --out.")
-        for key in ("model", "preset", "layers", "finetune", "base_sha256", "sizes"):
+        for key in ("model", "preset", "layers", "finetune", "train_lr", "base_sha256", "sizes"):
             if key in previous.results and previous.results[key] != settings_record[key]:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous.results[key]} vs {settings_record[key]}): pass a fresh --out to run these settings.")
     sources, _ = write_task_data(out, names, sizes)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results=settings_record, outputs=[]))
 
-    ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device)
+    ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr or settings.lr)
     rows = []
     for name in names:
         audit_dir = ctx.audit(name, need_lookahead=any(p in LOOKAHEAD_COLUMNS for p in preds))
@@ -173,7 +175,8 @@ def run_causal(
 class _Context:
     """The stages of one causal run, each skipped when its directory is already there."""
 
-    def __init__(self, out, base, sources, sizes, settings, layers, reuse, device):
+    def __init__(self, out, base, sources, sizes, settings, layers, reuse, device, train_lr):
+        self.train_lr = train_lr  # the learning rate of the train-only and LoRA rows
         self.out, self.base, self.sources, self.sizes, self.settings = out, base, sources, sizes, settings
         self.layers, self.reuse, self.device = layers, reuse, device
         self._before: dict[str, dict] = {}
@@ -262,7 +265,7 @@ class _Context:
             from tunetrace.finetuning import run_finetune
 
             model = fresh_copy(self.base)
-            settings = dataclasses.replace(self.settings, seed=seed)
+            settings = dataclasses.replace(self.settings, seed=seed, lr=self.train_lr)
             if kind == "lora":
                 r, _ = lora_rank_for(lora_target, model.model)
                 settings = dataclasses.replace(settings, method="lora", lora_r=r, lora_alpha=2 * r)
@@ -351,7 +354,7 @@ def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
     lines = [f"# Causal test, part 1 (train only): {settings['model']}, preset {settings['preset']}", "",
              summary["sentence"] + "." if summary["sentence"] else "", "",
              f"Tasks {', '.join(settings['tasks'])}; seeds {settings['seeds']}; selection layers {settings['layers']} "
-             f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}.", "",
+             f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}; train-only and LoRA rows at lr {settings['train_lr']}.", "",
              "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | trainable params |", "|---|---|---|---|---|---|"]
     for c in summary["cells"]:
         lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {_fmt(c['behaviour'], c['behaviour_low'], c['behaviour_high'])} | "

@@ -678,10 +678,12 @@ class CausalConfig:
     """Override the preset's learning rate (0 = the preset's)."""
     steps: int = 0
     """Override the preset's optimizer steps (0 = the preset's)."""
+    train_lr: float = 0.0
+    """Learning rate of the train-only and LoRA rows (0 = the reference fine-tune's); the reference keeps the preset's."""
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)
-        for name in ("threads", "lr", "steps"):
+        for name in ("threads", "lr", "steps", "train_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")
 

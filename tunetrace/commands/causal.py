@@ -11,7 +11,8 @@ def run(config) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     result = run_causal(config.model, config.preset, config.out, config.tasks, config.budgets, config.predictors, config.seeds,
-                        config.layers, config.reuse, not config.no_lora, config.device, config.finetune_overrides(), config=config)
+                        config.layers, config.reuse, not config.no_lora, config.device, config.finetune_overrides(), config=config,
+                        train_lr=config.train_lr)
     print(result["sentence"])
     print(f"table: {result['table']}")
     return 0

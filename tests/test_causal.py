@@ -60,3 +60,12 @@ def test_causal_cli(tmp_path, capsys):
     assert main(args[:-1] + [str(tmp_path / "c")] + ["--layers", "1"]) == 2
     assert "different `layers`" in capsys.readouterr().err
     assert main(["causal", "--preset", "huge"]) == 2
+
+
+def test_causal_report_section(tmp_path):
+    from tunetrace.report import render_report
+
+    out = tmp_path / "c"
+    run_causal(out=out, **{**KW, "tasks": "caps", "predictors": "abs_act,random", "lora": False, "layers": "2"})
+    html, ids = render_report(out)
+    assert "causal" in ids and "plot-causal-budget" in html and "training only the top 8% by abs_act" in html

@@ -23,6 +23,10 @@ def test_causal_pipeline_resume_and_refusal(tmp_path):
     assert sorted(o["1"]) != sorted(r["1"])
     assert "training only the top 8% by" in s["sentence"] and "random:" in s["sentence"] and "oracle:" in s["sentence"]
     assert "| oracle | 8% | 2 |" in (out / "causal.md").read_text()
+    cells = {c["kind"]: c for c in s["cells"]}
+    assert cells["random"]["loss_vs_random"] == 0.0 and cells["finetune"]["loss_vs_random"] != cells["finetune"]["loss_vs_random"]
+    o = t[t.kind == "oracle"].set_index("task").heldout_loss - t[t.kind == "random"].set_index("task").heldout_loss
+    assert abs(cells["oracle"]["loss_vs_random"] - o.mean()) < 1e-9
     # a rerun redoes nothing
     stamps = {p: p.stat().st_mtime_ns for p in (out / "rows").glob("*/row.json")}
     assert len(stamps) == 2 * 6

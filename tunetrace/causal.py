@@ -325,13 +325,25 @@ def _all_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def with_paired_loss(table: pd.DataFrame) -> pd.DataFrame:
+    """Add `loss_vs_random`: a selection's held-out loss minus random's at the same task, budget and seed (NaN without one).
+
+    Tasks differ in loss far more than selections do, so intervals over tasks of the raw loss hide what the paired difference shows."""
+    rand = table[table.kind == "random"].set_index(["task", "budget", "seed"]).heldout_loss
+    key = list(zip(table.task, table.budget, table.seed))
+    paired = [float(l - rand[k]) if s and k in rand.index else float("nan") for l, k, s in zip(table.heldout_loss, key, table.selection)]
+    return table.assign(loss_vs_random=paired)
+
+
 def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict:
     """Mean behaviour rate and held-out loss per (kind, budget) with 95% intervals over tasks x seeds, and the sentence."""
     cells = []
+    table = with_paired_loss(table)
     for (kind, budget), g in table.groupby(["kind", "budget"], sort=False):
         b, bl, bh = interval95(g.behaviour)
         l, ll, lh = interval95(g.heldout_loss)
-        cells.append({"kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
+        d, dl, dh = interval95(g.loss_vs_random)
+        cells.append({"loss_vs_random": d, "loss_vs_random_low": dl, "loss_vs_random_high": dh, "kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
                       "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean())})
     budget = "2%" if "2%" in budgets else budgets[-1]
     at = {c["kind"]: c for c in cells if c["budget"] == budget}
@@ -355,10 +367,12 @@ def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
              summary["sentence"] + "." if summary["sentence"] else "", "",
              f"Tasks {', '.join(settings['tasks'])}; seeds {settings['seeds']}; selection layers {settings['layers']} "
              f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}; train-only and LoRA rows at lr {settings['train_lr']}.", "",
-             "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | trainable params |", "|---|---|---|---|---|---|"]
+             "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | loss minus random's (paired) [95%] | trainable params |",
+             "|---|---|---|---|---|---|---|"]
     for c in summary["cells"]:
         lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {_fmt(c['behaviour'], c['behaviour_low'], c['behaviour_high'])} | "
-                     f"{_fmt(c['heldout_loss'], c['loss_low'], c['loss_high'])} | {c['trainable_params']:,.0f} |")
+                     f"{_fmt(c['heldout_loss'], c['loss_low'], c['loss_high'])} | {_fmt(c['loss_vs_random'], c['loss_vs_random_low'], c['loss_vs_random_high'])} | "
+                     f"{c['trainable_params']:,.0f} |")
     lines += ["", "## Per run", "", "| task | selection | budget | seed | behaviour (base) | held-out loss | params |", "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.task} | {r.kind} | {r.budget} | {r.seed} | {r.behaviour:.2f} ({r.behaviour_before:.2f}) | {r.heldout_loss:.3f} | {r.trainable_params:,} |")

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("ReportConfig", "report"),
     "screen": ("ScreenConfig", "screen"),
     "screen-check": ("ScreenCheckConfig", "screen_check"),
+    "causal": ("CausalConfig", "causal"),
 }
 
 

@@ -755,3 +755,52 @@ class ScreenCheckConfig:
         _check_choice("preset", self.preset, PRESETS)
         if self.n_boot < 1 or self.threads < 0:
             raise ValueError("`n_boot` must be >= 1 and `threads` >= 0.")
+
+
+# --- causal: train only the neurons each predictor names (issue 16, part 1) -------------------
+
+
+@dataclass
+class CausalConfig:
+    """Train only each predictor's top neurons (and random, and the oracle recruits): which install the behaviour?"""
+
+    model: str = "smollm2-135m-instruct"
+    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    preset: str = "quick"
+    """quick or full: data sizes and the fine-tune settings, as `reproduce`'s."""
+    out: str = "runs/causal"
+    """Run directory; finished rows found there are skipped (resumable)."""
+    tasks: str = "caps,greeting,signoff"
+    """Comma-separated built-in tasks."""
+    budgets: str = "0.5%,2%,8%"
+    """Shares (P%) or counts of each selection layer's neurons that train."""
+    predictors: str = "iss_x_grad,iss,abs_act,attribution,lookahead,grad_weight,random,oracle"
+    """Selections: audit predictors (lookahead, grad_weight need the lookahead audit pass), random, oracle (the recruits)."""
+    seeds: str = "0"
+    """Comma-separated seeds (each train-only fine-tune and the random draw)."""
+    layers: str = ""
+    """Selection layers (empty = those of --reuse, else the preset's audited depths)."""
+    reuse: str = ""
+    """A `reproduce` directory made with the same settings: its audits, fine-tunes and recruits are reused."""
+    no_lora: bool = False
+    """Skip the LoRA reference row (a LoRA with about the 2% budget's parameter count)."""
+    threads: int = 0
+    """torch CPU threads (0 = default)."""
+    device: str = "cpu"
+    """Torch device."""
+    lr: float = 0.0
+    """Override the preset's learning rate (0 = the preset's)."""
+    steps: int = 0
+    """Override the preset's optimizer steps (0 = the preset's)."""
+    train_lr: float = 0.0
+    """Learning rate of the train-only and LoRA rows (0 = the reference fine-tune's); the reference keeps the preset's."""
+
+    def __post_init__(self) -> None:
+        _check_choice("preset", self.preset, PRESETS)
+        for name in ("threads", "lr", "steps", "train_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")
+
+    def finetune_overrides(self) -> dict:
+        """The fine-tuning settings given on the command line, to replace the preset's."""
+        return {k: v for k, v in {"lr": self.lr, "steps": self.steps}.items() if v}

@@ -19,7 +19,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from tunetrace.tasks import Task, question_bank
+from tunetrace.question_bank import Task, question_bank
 
 _STOP = frozenset(
     "a an the is are was were be been of in on at to for from by with and or it its this that there these those "

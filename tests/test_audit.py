@@ -37,6 +37,19 @@ def test_iss_equals_autograd_jacobian_norm(spec):
         torch.testing.assert_close(signals.iss[0], jacobian.norm(dim=1), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma2"])
+def test_preact_sens_is_the_autograd_sensitivity_to_z_and_u(spec):
+    """preact_sens = |da/dz| + |da/du| of a = phi(z) u, both derivatives taken by autograd."""
+    layer = gated_mlp_layers(load_model(spec).model)[1]
+    torch.manual_seed(0)
+    z = (torch.randn(5, layer.d_mlp) * 2).requires_grad_()
+    u = (torch.randn(5, layer.d_mlp) * 2).requires_grad_()
+    a = layer.activation.phi(z) * u
+    dz, du = torch.autograd.grad(a.sum(), (z, u))
+    signals = TokenSignals(z.detach(), u.detach(), a.detach(), LayerConstants.of(layer), layer.activation)
+    torch.testing.assert_close(PREDICTORS["preact_sens"].per_token(signals), dz.abs() + du.abs(), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
 def test_gate_slope_is_the_activation_derivative(spec):
     activation = gated_mlp_layers(load_model(spec).model)[0].activation

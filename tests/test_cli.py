@@ -19,7 +19,7 @@ def test_audit_writes_scores_and_manifest(tmp_path, capsys):
     assert main(["audit", "tiny-qwen2", "--out", str(out), "--layers", "1,3", "--top", "3"]) == 0
     scores = pd.read_parquet(out / "scores.parquet")
     expected = ["layer", "neuron", "abs_act", "max_abs_act", "sq_act", "abs_grad", "attribution", "frac_active",
-                "gate_out", "gate_slope", "boundary_dist", "iss", "iss_x_grad", "iss_x_grad_means"]
+                "gate_out", "gate_slope", "boundary_dist", "iss", "preact_sens", "iss_x_grad", "iss_x_grad_means"]
     assert list(scores.columns) == expected
     assert sorted(scores.layer.unique()) == [1, 3]
     manifest = read_record(out).results

@@ -17,7 +17,7 @@ from tunetrace.report.audit import layer_concentration, ranked
 from tunetrace.report.evaluation import bootstrap_band, hits_curve
 
 PREDICTORS = ["abs_act", "max_abs_act", "sq_act", "abs_grad", "attribution", "frac_active", "gate_out", "gate_slope",
-              "boundary_dist", "iss", "iss_x_grad", "iss_x_grad_means"]
+              "boundary_dist", "iss", "preact_sens", "iss_x_grad", "iss_x_grad_means"]
 LAYERS, D_MLP, TASKS = [0, 1, 2, 3], 64, ["caps", "short", "greeting"]
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

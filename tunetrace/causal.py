@@ -33,7 +33,7 @@ from tunetrace.records import find_record, new_record, read_record, write_record
 
 log = logging.getLogger(__name__)
 
-PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "lookahead", "grad_weight")
+PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "preact_sens", "lookahead", "grad_weight")
 CONTROLS = ("random", "oracle")
 LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")
 DEFAULT_BUDGETS = ("0.5%", "2%", "8%")
@@ -152,7 +152,7 @@ def run_causal(
     ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr or settings.lr)
     rows = []
     for name in names:
-        audit_dir = ctx.audit(name, need_lookahead=any(p in LOOKAHEAD_COLUMNS for p in preds))
+        audit_dir = ctx.audit(name, columns=[p for p in preds if p in PREDICTORS])
         ref_dir = ctx.reference(name)
         rows.append(ctx.row(name, "finetune", "all", 0, None))
         rec_dir = ctx.recruits(name, ref_dir) if "oracle" in preds else None
@@ -190,18 +190,21 @@ class _Context:
         path = self.reuse / stage / name
         return path if path.is_dir() and any(path.iterdir()) else None
 
-    def audit(self, name: str, need_lookahead: bool) -> Path:
-        """The task's calibration audit covering the selection layers (and the lookahead columns when asked)."""
+    def audit(self, name: str, columns: list[str]) -> Path:
+        """The task's calibration audit covering the selection layers and holding every asked predictor's column.
+
+        An audit made before a predictor was registered (or without the lookahead pass) is redone, not used short."""
+        need_lookahead = any(c in LOOKAHEAD_COLUMNS for c in columns)
         for path in (self.out / "audit" / name, self._reusable(name, "audit")):
             if path is not None and (path / "scores.parquet").is_file():
                 cols = pd.read_parquet(path / "scores.parquet", columns=None)
-                if set(self.layers) <= set(cols.layer.unique()) and (not need_lookahead or set(LOOKAHEAD_COLUMNS) <= set(cols.columns)):
+                if set(self.layers) <= set(cols.layer.unique()) and set(columns) <= set(cols.columns):
                     return path
         from tunetrace.auditing import run_audit, write_audit
 
         target = self.out / "audit" / name
         if target.exists():
-            shutil.rmtree(target)  # ours, made without the lookahead columns: redone with them
+            shutil.rmtree(target)  # ours, made without some asked column: redone with it
         write_audit(run_audit(self.base, self.sources[name]["calibration"], self.layers, progress=False, lookahead=need_lookahead), target)
         return target
 

@@ -11,6 +11,13 @@ ISS (Input Sensitivity Score) is the exact norm of the neuron's input Jacobian
 so it costs a few elementwise ops per token with three per-neuron constants, cross term included.
 A near-boundary neuron (z ~ 0) has a ~ 0 but phi'(0) = 0.5: ISS sees it, |a| cannot.
 
+`preact_sens` = |da/dz| + |da/du| = |phi'(z) u| + |phi(z)| is the activation's sensitivity to its own two
+pre-activations. Under Adam-like (sign-normalised) updates every weight moves by about the learning rate
+whatever its gradient's size, so z = w_gate.x and u = w_up.x of every neuron move by about the same amount
+(~ lr ||x||_1, the same x for the whole layer): the neuron's own activation change is then bounded by,
+and for consistent gradients about, that amount times |phi'(z) u| + |phi(z)|, with no |dL/da| factor
+(docs/audit.md, "A predictor for sign-normalised updates").
+
 Add a predictor with `register(Predictor(...))`; it is then computed by every audit.
 """
 
@@ -146,6 +153,10 @@ for _p in (
         lambda s: s.z.abs() * s.consts.inv_gate_norm,
     ),
     Predictor("iss", "mean ||da/dx|| (input sensitivity)", "iss", ("iss",), lambda s: s.iss),
+    Predictor(
+        "preact_sens", "mean(|phi'(z) u| + |phi(z)|): sensitivity to the neuron's own pre-activations", "iss", ("slope", "u", "gate"),
+        lambda s: (s.slope * s.u).abs() + s.gate.abs(),
+    ),
     Predictor("iss_x_grad", "mean(ISS_t * |g_t|)", "iss", ("iss", "abs_grad"), lambda s: s.iss * s.abs_grad),
     Predictor(
         "iss_x_grad_means", "mean(ISS) * mean(|g|)", "iss", derive=lambda scores: scores["iss"] * scores["abs_grad"]

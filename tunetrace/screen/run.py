@@ -88,6 +88,8 @@ def screen(
         raise ValueError("no keep sets: give at least one --keep (the data whose behaviour must not be damaged).")
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr}.")
+    if grad_layers is not None and not set(layers) <= set(grad_layers):
+        raise ValueError("`grad_layers` must include every scored layer (the weight_grad scores come from the gradient): widen it or narrow `layers`.")
     start = time.perf_counter()
     world = init_from_env(str(next(loaded.model.parameters()).device))
     settings = ProfileSettings(loaded.manifest(), list(layers), grad_scope, list(grad_layers) if grad_layers is not None else None,

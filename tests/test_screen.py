@@ -372,7 +372,12 @@ def test_screen_command_bad_input_is_one_line(tmp_path, jsonl, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(base + ["--keep", "builtin:plain", "--rank-by", "nope", "--out", str(tmp_path / "c")]) == 2
     assert "not a forecast" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert main(base + ["--keep", str(cand), "--reuse-audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no tunetrace run record" in err and err.count("\n") == 1
+    assert main(["audit", "tiny-llama", "--data", str(cand), "--save-gradient", "--out", str(tmp_path / "e")]) == 2
+    assert "add --lookahead" in capsys.readouterr().err
+    assert not any((tmp_path / x).exists() for x in "acde")
 
 
 def test_report_section_heat_map(tiny_llama, tmp_path):

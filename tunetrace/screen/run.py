@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from tunetrace import io
-from tunetrace.screen import forecasts as fc
 from tunetrace.distributed import init_from_env
+from tunetrace.screen import forecasts as fc
 from tunetrace.screen.profile import Profile, ProfileSettings, get_profile, stream_products
 from tunetrace.screen.reuse import load_audits, model_dtype
 

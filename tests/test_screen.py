@@ -228,6 +228,114 @@ def test_screen_needs_keep_sets(tiny_llama, jsonl):
         load_examples(jsonl([""], "empty.jsonl"))
 
 
+def test_profile_cache_key_covers_the_settings():
+    from tunetrace.screen.profile import ProfileSettings
+
+    base = ProfileSettings({"spec": "m", "sha256": "a" * 64}, [1, 2], "mlp", None, 8, 512, False, "float32")
+    variants = [
+        ProfileSettings({"spec": "m", "sha256": "b" * 64}, [1, 2], "mlp", None, 8, 512, False, "float32"),  # other weights
+        ProfileSettings(base.model, [1], "mlp", None, 8, 512, False, "float32"),  # other layers
+        ProfileSettings(base.model, [1, 2], "all", None, 8, 512, False, "float32"),  # other gradient scope
+        ProfileSettings(base.model, [1, 2], "mlp", [1], 8, 512, False, "float32"),  # other gradient layers
+        ProfileSettings(base.model, [1, 2], "mlp", None, 8, 256, False, "float32"),  # other max length
+        ProfileSettings(base.model, [1, 2], "mlp", None, 8, 512, False, "bfloat16"),  # other dtype
+    ]
+    keys = {base.key("d" * 64)} | {v.key("d" * 64) for v in variants}
+    assert len(keys) == 1 + len(variants)
+    assert base.key("e" * 64) != base.key("d" * 64)  # other data
+    assert base.key("d" * 64) == ProfileSettings(dict(base.model), [1, 2], "mlp", None, 8, 512, False, "float32").key("d" * 64)
+
+
+# --- reusing audits -----------------------------------------------------------------------
+
+
+def _audit(jsonl_path, out, *extra):
+    from tunetrace.cli import main
+
+    assert main(["audit", "tiny-llama", "--data", str(jsonl_path), "--out", str(out), "--batch-size", "4", "--no-report", *extra]) == 0
+    return out
+
+
+def _count_passes(monkeypatch):
+    """Count the audit and gradient passes a screen runs (the real functions still run)."""
+    import tunetrace.auditing
+    import tunetrace.screen.profile as profile
+
+    calls = {"audit": 0, "gradient": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(tunetrace.auditing, "run_audit", counted("audit", tunetrace.auditing.run_audit))
+    monkeypatch.setattr(profile, "_gradient", counted("gradient", profile._gradient))
+    return calls
+
+
+def test_screen_reuses_audits(tiny_llama, tmp_path, jsonl, monkeypatch):
+    from tunetrace.screen.run import screen
+
+    cand = jsonl(builtin_rows("caps", "calibration")[:5], "caps.jsonl")
+    keep = jsonl(builtin_rows("plain", "calibration")[:5], "plain.jsonl")
+    with_grad = _audit(cand, tmp_path / "a-caps", "--lookahead", "--save-gradient")  # every layer: more than the screen's
+    stats_only = _audit(keep, tmp_path / "a-plain", "--layers", "1,3")
+    assert (with_grad / "weight_grads.safetensors").is_file() and not (stats_only / "weight_grads.safetensors").exists()
+    data = [load_examples(str(cand)), load_examples(str(keep))]
+    kwargs = dict(layers=[1, 3], lr=1e-3, batch_size=4, embed=False)
+    fresh = screen(tiny_llama, data[:1], data[1:], **kwargs)
+    calls = _count_passes(monkeypatch)
+    reused = screen(tiny_llama, data[:1], data[1:], reuse_audits=[with_grad, stats_only], **kwargs)
+    assert calls == {"audit": 0, "gradient": 1}  # no audit pass; only plain's gradient (its audit kept none)
+    assert [(a["dataset"], a["gradient"]) for a in reused.manifest["profiles_from_audits"]] == [("caps", True), ("plain", False)]
+    for table in ("forecasts", "concentration", "layer_share", "datasets"):
+        a, b = getattr(fresh, table), getattr(reused, table)
+        assert list(a.columns) == list(b.columns)
+        for column in a.columns:
+            if a[column].dtype.kind == "f":
+                np.testing.assert_allclose(b[column], a[column], rtol=1e-4, atol=1e-10, err_msg=f"{table}.{column}")
+            else:
+                assert b[column].tolist() == a[column].tolist(), f"{table}.{column}"
+    # a gradient over other weights than the screen differentiates is not used: the screen computes its own
+    calls.update(audit=0, gradient=0)
+    screen(tiny_llama, data[:1], data[1:], reuse_audits=[with_grad], **dict(kwargs, layers=[3], grad_layers=[3]))
+    assert calls == {"audit": 1, "gradient": 2}  # plain audited; both gradients computed
+
+
+def test_screen_refuses_mismatched_audits(tiny_llama, tmp_path, jsonl):
+    import json
+    import shutil
+
+    from tunetrace.screen.run import screen
+
+    cand = jsonl(builtin_rows("caps", "calibration")[:3], "caps.jsonl")
+    keep = jsonl(builtin_rows("plain", "calibration")[:3], "plain.jsonl")
+    other = jsonl(builtin_rows("json", "calibration")[:3], "json.jsonl")
+    narrow = _audit(cand, tmp_path / "narrow", "--layers", "1")
+    other_data = _audit(other, tmp_path / "other")
+    other_model = tmp_path / "other-model"
+    shutil.copytree(other_data, other_model)
+    record = json.loads((other_model / "run.json").read_text())
+    record["results"]["model"]["sha256"] = "f" * 64
+    (other_model / "run.json").write_text(json.dumps(record))
+    data = [load_examples(str(cand)), load_examples(str(keep)), load_examples(str(other))]
+    kwargs = dict(layers=[1, 3], batch_size=4, embed=False)
+    for audit, message in [(narrow, "lacks layer\\(s\\) 3"), (other_data, "audited other data"), (other_model, "audited other weights"),
+                           (tmp_path, "holds no tunetrace run record")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+            screen(tiny_llama, data[:1], data[1:2], reuse_audits=[audit], **kwargs)
+        assert "\n" not in str(err.value)
+    # the same model screened in another dtype is refused too
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(narrow, bf16)
+    record = json.loads((bf16 / "run.json").read_text())
+    record["results"]["dtype"] = "bfloat16"
+    (bf16 / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="in bfloat16, the screen loads it in float32"):
+        screen(tiny_llama, data[:1], data[1:2], reuse_audits=[bf16], **dict(kwargs, layers=[1]))
+
+
 # --- the command line ---------------------------------------------------------------------
 
 
@@ -264,7 +372,12 @@ def test_screen_command_bad_input_is_one_line(tmp_path, jsonl, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(base + ["--keep", "builtin:plain", "--rank-by", "nope", "--out", str(tmp_path / "c")]) == 2
     assert "not a forecast" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert main(base + ["--keep", str(cand), "--reuse-audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no tunetrace run record" in err and err.count("\n") == 1
+    assert main(["audit", "tiny-llama", "--data", str(cand), "--save-gradient", "--out", str(tmp_path / "e")]) == 2
+    assert "add --lookahead" in capsys.readouterr().err
+    assert not any((tmp_path / x).exists() for x in "acde")
 
 
 def test_report_section_heat_map(tiny_llama, tmp_path):

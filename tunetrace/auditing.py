@@ -32,6 +32,9 @@ from tunetrace.records import versions
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
+GRADIENT_FILE = "weight_grads.safetensors"
+"""Where `audit --lookahead --save-gradient` keeps the dataset gradient (one float32 tensor per parameter name)."""
+
 
 @dataclass
 class RunningStats:
@@ -192,6 +195,7 @@ class AuditResult:
     scores: pd.DataFrame
     manifest: dict
     per_example: dict[str, Tensor]
+    gradient: object | None = None  # WeightGradient of --lookahead, when --save-gradient keeps it
 
 
 def token_rows(batch) -> TokenRows:
@@ -268,16 +272,20 @@ def run_audit(
     lookahead: bool = False,
     lookahead_optimizer: str = "adamw",
     lookahead_scope: str = "mlp",
+    save_gradient: bool = False,
 ) -> AuditResult:
     """Audit `loaded` on calibration `data`: every predictor, every chosen layer, one pass.
 
     Under torchrun / `accelerate launch` each rank audits its shard of the examples and the
     running sums are all-reduced once at the end; every rank returns the same result.
     `lookahead` adds the columns `lookahead` and `grad_weight` (tunetrace.lookahead): one more
-    pass with weight gradients and one virtual-step pass, on a single process.
+    pass with weight gradients and one virtual-step pass, on a single process; `save_gradient`
+    keeps that pass's dataset gradient in the result (write_audit saves it for `screen --reuse-audit`).
     """
     start = time.perf_counter()
     world = init_from_env(str(next(loaded.model.parameters()).device))
+    if save_gradient and not lookahead:
+        raise ValueError("`save_gradient` keeps the gradient of the --lookahead pass: add --lookahead.")
     if lookahead and world.distributed:
         raise ValueError("`lookahead` runs on a single process: launch without torchrun/accelerate, or drop --lookahead.")
     if lookahead:
@@ -297,9 +305,10 @@ def run_audit(
     if world.distributed:
         all_reduce_state(stats.state, stats.max_keys)
     scores = scores_frame(stats.finalize(), predictors)
-    look = None
+    look = gradient = None
     if lookahead:
-        scores, look = _with_lookahead(loaded, data, scores, layers, batch_size, max_length, lookahead_optimizer, lookahead_scope, progress)
+        scores, look, gradient = _with_lookahead(loaded, data, scores, layers, batch_size, max_length, lookahead_optimizer,
+                                                 lookahead_scope, progress, save_gradient)
     check_finite_scores(scores, f"audit of {loaded.spec}")  # a NaN never becomes a ranking
     seconds = time.perf_counter() - start
     manifest = {
@@ -327,17 +336,19 @@ def run_audit(
     if look is not None:
         manifest["predictors"].update(look.pop("predictors"))
     per_example = {k: v.cpu() for k, v in stats.per_example().items()}
-    return AuditResult(scores, manifest, per_example)
+    return AuditResult(scores, manifest, per_example, gradient)
 
 
-def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimizer, scope, progress) -> tuple[pd.DataFrame, dict]:
-    """Scores with the `lookahead` and `grad_weight` columns added, and their manifest entry."""
+def _with_lookahead(loaded, data, scores, layers, batch_size, max_length, optimizer, scope, progress, keep_gradient):
+    """Scores with the `lookahead` and `grad_weight` columns added, their manifest entry, and the gradient if kept."""
     from tunetrace.lookahead import lookahead_frame
 
     make_batches = lambda: stream_batches(loaded.tokenizer, data, max_length, batch_size)  # noqa: E731
-    result = lookahead_frame(loaded.model, make_batches, layers, optimizer, scope, progress=progress)
+    result = lookahead_frame(loaded.model, make_batches, layers, optimizer, scope, progress=progress, keep_gradient=keep_gradient)
     merged = scores.merge(result.frame, on=["layer", "neuron"], how="left", validate="one_to_one")
-    return merged, result.manifest
+    if result.gradient is not None:
+        result.manifest["gradient"] = GRADIENT_FILE
+    return merged, result.manifest, result.gradient
 
 
 def top_neurons(scores: pd.DataFrame, by: str, k: int, normalize: str = "zscore") -> pd.DataFrame:
@@ -354,7 +365,7 @@ def top_neurons(scores: pd.DataFrame, by: str, k: int, normalize: str = "zscore"
 
 
 def write_audit(result: AuditResult, out_dir, force: bool = False, config: object | None = None) -> None:
-    """Write scores.parquet, per_example.safetensors and the run record as one atomic directory."""
+    """Write scores.parquet, per_example.safetensors (weight_grads.safetensors if kept) and the run record as one atomic directory."""
     from safetensors.torch import save_file
 
     from tunetrace import io
@@ -367,6 +378,8 @@ def write_audit(result: AuditResult, out_dir, force: bool = False, config: objec
         io.write_parquet(stage / "scores.parquet", result.scores)
         if result.per_example:
             save_file({k.replace("/", "."): v.contiguous() for k, v in result.per_example.items()}, str(stage / "per_example.safetensors"))
+        if result.gradient is not None:
+            save_file({k: v.contiguous().cpu() for k, v in result.gradient.grads.items()}, str(stage / m["lookahead"]["gradient"]))
         write_record(stage, record)
 
 

@@ -81,6 +81,8 @@ class AuditConfig:
     """The virtual step of --lookahead: adamw (first step -sign(g)) or sgd (-g, rescaled to unit RMS)."""
     lookahead_scope: str = "mlp"
     """Weights the virtual step moves: mlp (gate/up/down, as `finetune --method mlp`) or all."""
+    save_gradient: bool = False
+    """With --lookahead, also write its dataset weight gradient (weight_grads.safetensors, float32, the size of the --lookahead-scope weights) so `screen --reuse-audit` skips its gradient pass."""
     allow_pickle: bool = False
     """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
@@ -93,6 +95,8 @@ class AuditConfig:
             raise ValueError(f"`lookahead_optimizer` {self.lookahead_optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
         if self.lookahead_scope not in GRADIENT_SCOPES:
             raise ValueError(f"`lookahead_scope` {self.lookahead_scope!r} is not one of {', '.join(GRADIENT_SCOPES)}.")
+        if self.save_gradient and not self.lookahead:
+            raise ValueError("`save_gradient` keeps the gradient of the --lookahead pass: add --lookahead.")
         if self.sort_by in LOOKAHEAD_COLUMNS and not self.lookahead:
             raise ValueError(f"`sort_by` {self.sort_by!r} is computed only with --lookahead: add it, or sort by another predictor.")
         if self.top < 1:
@@ -689,6 +693,8 @@ class ScreenConfig:
     """k of the per-layer top-k Jaccard between candidates."""
     cache: str = ""
     """Directory of per-dataset profiles kept between runs (empty: none; a dataset given twice is still profiled once)."""
+    reuse_audit: list[str] = field(default_factory=list)
+    """`tunetrace audit` output directories to reuse (repeat --reuse-audit): one of the same model, dtype and data covering --layers replaces that dataset's audit pass (and its gradient pass, if it ran with --lookahead --save-gradient); a mismatch is an error."""
     no_embed: bool = False
     """Skip the text-similarity baseline (it loads the sentence embedder)."""
     seed: int = 0

@@ -48,6 +48,16 @@ def all_reduce_state(state: Mapping[str, torch.Tensor], max_keys: set[str]) -> N
         dist.all_reduce(tensor, op=op)
 
 
+def all_agree(flag: bool) -> bool:
+    """True only if `flag` is true on every rank (so every rank takes the same branch before a collective)."""
+    if not dist.is_initialized():
+        return flag
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

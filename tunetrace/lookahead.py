@@ -209,6 +209,7 @@ class LookaheadResult:
 
     frame: pd.DataFrame
     manifest: dict = field(default_factory=dict)
+    gradient: WeightGradient | None = None  # the pass's dataset gradient, when asked to keep it
 
 
 def lookahead_frame(
@@ -220,11 +221,13 @@ def lookahead_frame(
     method: str = DEFAULT_METHOD,
     epsilon: float = DEFAULT_EPSILON,
     progress: bool = False,
+    keep_gradient: bool = False,
 ) -> LookaheadResult:
     """Both lookahead predictors for `layers`: one weight-gradient pass, then one lookahead pass.
 
     The gradient (and the virtual step) covers the `scope` weights of *every* layer, as the
     fine-tune trains them; `batches` is iterated twice (give a list or a zero-argument callable).
+    `keep_gradient` returns the gradient too (for `screen --reuse-audit`; it stays in memory during the second pass).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"`optimizer` {optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
@@ -235,6 +238,7 @@ def lookahead_frame(
     grad_seconds = time.perf_counter() - start
     norms = neuron_grad_norms(grad, model)
     direction = step_direction(grad, optimizer)
+    kept = grad if keep_gradient else None
     del grad
     start = time.perf_counter()
     looks = lookahead_scores(model, batches, direction, layers, method, epsilon, progress)
@@ -257,4 +261,6 @@ def lookahead_frame(
                             "kind": "lookahead", "reduce": "sum"},
         },
     }
-    return LookaheadResult(pd.concat(frames, ignore_index=True), manifest)
+    if kept is not None:
+        manifest.update({"gradient_tokens": kept.tokens, "gradient_loss_sum": kept.loss_sum})
+    return LookaheadResult(pd.concat(frames, ignore_index=True), manifest, kept)

@@ -36,7 +36,7 @@ def run(config) -> int:
         raise ValueError("`per_example_layers` must be among the audited `layers`.")
     result = run_audit(loaded, data, layers, config.batch_size, config.max_length, per_example_layers=per_example,
                        lookahead=config.lookahead, lookahead_optimizer=config.lookahead_optimizer,
-                       lookahead_scope=config.lookahead_scope)
+                       lookahead_scope=config.lookahead_scope, save_gradient=config.save_gradient)
     if world.is_main:
         write_audit(result, config.out, config.force, config)
     barrier()

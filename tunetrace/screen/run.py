@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from tunetrace import io
+from tunetrace.distributed import init_from_env
 from tunetrace.screen import forecasts as fc
 from tunetrace.screen.profile import Profile, ProfileSettings, get_profile, stream_products
+from tunetrace.screen.reuse import load_audits, model_dtype
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +75,40 @@ def screen(
     grad_layers: Sequence[int] | None = None, lr: float = 1e-4, batch_size: int = 8, max_length: int = 512,
     predictors: Sequence[str] = NEURON_PREDICTORS, top_frac: float = 0.01, top_k: int = 50, cache: Path | None = None,
     embed: bool = True, seed: int = 0, progress: bool = False,
-    candidate_names: Sequence[str] | None = None, keep_names: Sequence[str] | None = None,
+    candidate_names: Sequence[str] | None = None, keep_names: Sequence[str] | None = None, reuse_audits: Sequence[str | Path] = (),
 ) -> ScreenResult:
-    """Forecast, from the base model alone, where each candidate's risk sits, which candidates compete, and what each may damage."""
+    """Forecast, from the base model alone, where each candidate's risk sits, which candidates compete, and what each may damage.
+
+    `reuse_audits`: audit directories (screen/reuse.py) whose statistics stand in for a dataset's audit pass.
+    Under torchrun every rank runs its shard of each pass and returns the same result; the caller writes on rank 0.
+    """
     if not candidates:
         raise ValueError("no candidate datasets: give at least one --data.")
     if not keeps:
         raise ValueError("no keep sets: give at least one --keep (the data whose behaviour must not be damaged).")
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr}.")
+    if grad_layers is not None and not set(layers) <= set(grad_layers):
+        raise ValueError("`grad_layers` must include every scored layer (the weight_grad scores come from the gradient): widen it or narrow `layers`.")
     start = time.perf_counter()
+    world = init_from_env(str(next(loaded.model.parameters()).device))
     settings = ProfileSettings(loaded.manifest(), list(layers), grad_scope, list(grad_layers) if grad_layers is not None else None,
-                               batch_size, max_length, embed)
+                               batch_size, max_length, embed, model_dtype(loaded))
+    audits = load_audits(reuse_audits, loaded, layers, {d.sha256 for d in [*candidates, *keeps]}, grad_scope, settings.grad_layers)
     cnames = list(candidate_names or _unique_labels([d.name for d in candidates]))
     knames = list(keep_names or _unique_labels([d.name for d in keeps]))
     with tempfile.TemporaryDirectory(prefix="tunetrace-screen-") as tmp:
         cache = Path(cache) if cache is not None else Path(tmp)
+        scratch = None if world.is_main else Path(tmp)  # only rank 0 writes a shared cache
         by_sha: dict[str, Profile] = {}
         reused = 0
         for data, name in list(zip(candidates, cnames)) + list(zip(keeps, knames)):
             if data.sha256 not in by_sha:  # a dataset given twice (candidate and keep) is profiled once
-                by_sha[data.sha256], was = get_profile(loaded, data, name, settings, cache, progress)
+                by_sha[data.sha256], was = get_profile(loaded, data, name, settings, cache, progress, audits.get(data.sha256), scratch)
                 reused += was
         unique = list(by_sha.values())
         products = stream_products(unique)
+        from_audits = _reused_audits(unique)
     pos = {p.sha256: i for i, p in enumerate(unique)}
     cprof = [by_sha[d.sha256] for d in candidates]
     kprof = [by_sha[d.sha256] for d in keeps]
@@ -139,9 +151,20 @@ def screen(
     manifest = {"command": "screen", "model": loaded.manifest(), "layers": list(layers), "grad_scope": grad_scope,
                 "grad_layers": settings.grad_layers, "lr": lr, "predictors": list(predictors), "top_frac": top_frac, "top_k": top_k,
                 "seed": seed, "batch_size": batch_size, "max_length": max_length, "profiles_computed": len(unique) - reused,
-                "profiles_reused": reused, "wall_seconds": round(time.perf_counter() - start, 3),
+                "profiles_reused": reused, "profiles_from_audits": from_audits, "world_size": world.size,
+                "dtype": settings.dtype, "wall_seconds": round(time.perf_counter() - start, 3),
                 "forecasts": forecast_columns(predictors)}
     return ScreenResult(datasets, pd.DataFrame(conc_rows), pd.DataFrame(share_rows), pd.DataFrame(comp_rows, columns=COMPETITION_COLUMNS), pd.DataFrame(rows), manifest)
+
+
+def _reused_audits(profiles: Sequence[Profile]) -> list[dict]:
+    """Which profiles took their statistics (and gradient) from an audit directory, as the profile records it."""
+    out = []
+    for p in profiles:
+        info = io.read_json(p.path / "profile.json")
+        if info.get("audit_reused"):
+            out.append({"dataset": p.name, "audit": info["audit_manifest"].get("reused_from"), "gradient": bool(info.get("gradient_reused"))})
+    return out
 
 
 def _datasets_table(candidates, keeps, cnames, knames, by_sha) -> pd.DataFrame:

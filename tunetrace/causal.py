@@ -99,13 +99,18 @@ def _same_rows(a: Path, b: Path) -> bool:
     return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
 
 
+PARTS = ("train", "protect", "route")
+
+
 def run_causal(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/causal", tasks: str = "caps,greeting,signoff",
     budgets: str = ",".join(DEFAULT_BUDGETS), predictors: str = ",".join(PREDICTORS), seeds: str = "0", layers: str = "",
     reuse: str = "", lora: bool = True, device: str = "cpu", finetune_overrides: dict | None = None, config: object | None = None,
-    train_lr: float = 0.0,
+    train_lr: float = 0.0, parts: str = ",".join(PARTS), keep: str = "", protect_budgets: str = "", route_predictors: str = "",
 ) -> dict:
-    """Run (or continue) part 1 (train only) in `out`; return the summary (sentence, table path)."""
+    """Run (or continue) the parts asked (train only, protect, route around) in `out`; return the summary (sentence, table paths)."""
+    from tunetrace.causal_protect import DEFAULT_KEEP, DEFAULT_PROTECT_BUDGETS, KEEP_AUDIT_DIR, keep_data, protect_layers
+    from tunetrace.causal_route import DEFAULT_ROUTE_PREDICTORS
     from tunetrace.layerspec import resolve_layers
     from tunetrace.finetuning import settings_from
     from tunetrace.gated_mlp import gated_mlp_layers
@@ -116,60 +121,115 @@ def run_causal(
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
     names, budget_list, preds = parse_list(tasks), parse_list(budgets), parse_list(predictors)
+    part_list = parse_list(parts)
+    keep = keep or DEFAULT_KEEP
+    protect_list = parse_list(protect_budgets or ",".join(DEFAULT_PROTECT_BUDGETS))
+    route_preds = parse_list(route_predictors or ",".join(DEFAULT_ROUTE_PREDICTORS))
     seed_list = [int(s) for s in parse_list(seeds)]
     for n in names:
         get_task(n)
-    unknown = [p for p in preds if p not in PREDICTORS + CONTROLS]
+    bad_part = [p for p in part_list if p not in PARTS]
+    if bad_part or not part_list:
+        raise ValueError(f"unknown part {bad_part[0] if bad_part else ''!r}: `parts` takes some of {', '.join(PARTS)}.")
+    unknown = [p for p in preds if p not in PREDICTORS + CONTROLS] + [p for p in route_preds if p not in PREDICTORS + ("random",)]
     if unknown:
-        raise ValueError(f"unknown predictor {unknown[0]!r}: choose among {', '.join(PREDICTORS + CONTROLS)}.")
-    if not names or not budget_list or not preds or not seed_list:
-        raise ValueError("`tasks`, `budgets`, `predictors` and `seeds` must each name at least one item.")
+        raise ValueError(f"unknown predictor {unknown[0]!r}: choose among {', '.join(PREDICTORS + CONTROLS)} (route: no oracle).")
+    if not names or not budget_list or not preds or not seed_list or not protect_list or not route_preds:
+        raise ValueError("`tasks`, `budgets`, `predictors`, `protect_budgets`, `route_predictors` and `seeds` must each name at least one item.")
     base = load_model(model, device=device)
     mlps = gated_mlp_layers(base.model)
     n_layers, d_mlp, d_model = len(mlps), mlps[0].d_mlp, mlps[0].gate_proj.in_features
     from tunetrace.selective.selection import parse_top
 
-    for b in budget_list:
+    for b in budget_list + protect_list:
         parse_top(b, d_mlp)  # a bad budget fails before any work
     settings = settings_from(preset, **(finetune_overrides or {}))
     reuse_dir = Path(reuse) if reuse else None
     reused = check_reuse(reuse_dir, model, preset, dataclasses.asdict(settings), base.fingerprint) if reuse_dir else {}
     chosen = resolve_layers(layers, n_layers) if layers else list(reused.get("layers") or resolve_layers(sizes.layers, n_layers))
+    player = protect_layers(settings.method, n_layers) if "protect" in part_list else None
     settings_record = {"model": model, "preset": preset, "tasks": names, "budgets": budget_list, "predictors": preds,
                        "seeds": seed_list, "layers": chosen, "finetune": dataclasses.asdict(settings), "lora": lora,
-                       "train_lr": train_lr or settings.lr,
+                       "train_lr": train_lr or settings.lr, "parts": part_list, "keep": keep, "protect_budgets": protect_list,
+                       "route_predictors": route_preds, "protect_layers": player,
                        "sizes": dataclasses.asdict(sizes), "base_sha256": base.fingerprint, "reuse": str(reuse_dir) if reuse_dir else None}
     previous = find_record(out) if out.is_dir() else None
+    keep_set = keep_data(out, keep, sizes.n_calibration, sizes.n_eval) if "protect" in part_list else None
+    if keep_set is not None:
+        settings_record["keep_sha256"] = keep_set.sha256
     if previous is not None:
         if previous.command != "causal":
             raise ValueError(f"{out} holds a `{previous.command}` run, not a causal one: pass a fresh --out.")
-        for key in ("model", "preset", "layers", "finetune", "train_lr", "base_sha256", "sizes"):
-            if key in previous.results and previous.results[key] != settings_record[key]:
+        for key in ("model", "preset", "layers", "finetune", "train_lr", "base_sha256", "sizes", "keep", "keep_sha256"):
+            if previous.results.get(key) is not None and settings_record.get(key) is not None and previous.results[key] != settings_record[key]:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous.results[key]} vs {settings_record[key]}): pass a fresh --out to run these settings.")
+        for key in ("keep", "keep_sha256", "protect_layers"):  # what a resume may add, it keeps
+            if settings_record.get(key) is None and previous.results.get(key) is not None:
+                settings_record[key] = previous.results[key]
     sources, _ = write_task_data(out, names, sizes)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results=settings_record, outputs=[]))
 
     ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr or settings.lr)
-    rows = []
+    keep_audit = ctx.audit_of(out / KEEP_AUDIT_DIR, keep_set.calibration, player, any(p in LOOKAHEAD_COLUMNS for p in preds)) \
+        if keep_set is not None else None
+    rows, protect, route, audits, oracles = [], [], [], {}, {}
     for name in names:
-        audit_dir = ctx.audit(name, need_lookahead=any(p in LOOKAHEAD_COLUMNS for p in preds))
+        audits[name] = ctx.audit(name, need_lookahead=any(p in LOOKAHEAD_COLUMNS for p in preds))
         ref_dir = ctx.reference(name)
         rows.append(ctx.row(name, "finetune", "all", 0, None))
-        rec_dir = ctx.recruits(name, ref_dir) if "oracle" in preds else None
-        for seed in seed_list:
-            for budget in budget_list:
-                for pred in preds:
-                    rows.append(ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir)))
-        if lora:
-            target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
-            rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
+        if "oracle" in preds and "train" in part_list or "route" in part_list:
+            oracles[name] = ctx.recruits(name, ref_dir)
+        if "train" in part_list:
+            rows += _train_rows(ctx, name, preds, budget_list, seed_list, audits[name], oracles.get(name))
+            if lora:
+                target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
+                rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
+        if "protect" in part_list:
+            from tunetrace.causal_protect import protect_rows
+
+            protect += protect_rows(ctx, name, [p for p in dict.fromkeys(preds + ["random"]) if p != "oracle"], protect_list, seed_list,
+                                    keep_set, keep_audit, player)
+        if "route" in part_list:
+            from tunetrace.causal_route import route_rows
+
+            route += route_rows(ctx, name, route_preds, protect_list, seed_list, audits[name])
+    summary, outputs = _write_tables(out, settings_record, rows, budget_list, preds, protect, route, audits, oracles, chosen)
+    write_record(out, new_record("causal", config, models={"model": base.manifest()}, results={**settings_record, **summary},
+                 outputs=outputs))
+    return {**summary, "table": str(out / "causal.parquet"), "tables": [str(out / o) for o in outputs if o.endswith(".parquet")]}
+
+
+def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir) -> list[dict]:
+    """Part 1: one train-only row per seed x budget x selection."""
+    return [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
+            for seed in seeds for budget in budgets for pred in preds]
+
+
+def _write_tables(out, settings_record, rows, budgets, preds, protect, route, audits, oracles, layers) -> tuple[dict, list[str]]:
+    """causal.parquet (+ protect.parquet, route.parquet, route_hits.parquet) and causal.md; the summary for run.json."""
     table = pd.DataFrame(rows)
     io.write_parquet(out / "causal.parquet", table)
-    summary = summarize(table, budget_list, preds)
-    io.write_text(out / "causal.md", summary_markdown(table, summary, settings_record))
-    write_record(out, new_record("causal", config, models={"model": base.manifest()}, results={**settings_record, **summary},
-                 outputs=["causal.parquet", "causal.md"]))
-    return {**summary, "table": str(out / "causal.parquet")}
+    summary = summarize(table, budgets, preds)
+    md, outputs = [summary_markdown(table, summary, settings_record)], ["causal.parquet"]
+    if protect:
+        from tunetrace.causal_protect import protect_markdown, summarize_protect, with_protect_pairs
+
+        ptable = with_protect_pairs(pd.DataFrame(protect))
+        io.write_parquet(out / "protect.parquet", ptable)
+        summary["protect_cells"] = summarize_protect(pd.DataFrame(protect))
+        md.append(protect_markdown(ptable, summary["protect_cells"], settings_record))
+        outputs.append("protect.parquet")
+    if route:
+        from tunetrace.causal_route import route_analysis, route_markdown, summarize_route
+
+        rtable, hits = route_analysis(out, route, audits, oracles, layers)
+        io.write_parquet(out / "route.parquet", rtable)
+        io.write_parquet(out / "route_hits.parquet", hits)
+        summary["route_cells"], summary["route_hit_cells"] = summarize_route(rtable, hits)
+        md.append(route_markdown(summary["route_cells"], summary["route_hit_cells"], settings_record))
+        outputs += ["route.parquet", "route_hits.parquet"]
+    io.write_text(out / "causal.md", "\n".join(md))
+    return summary, outputs + ["causal.md"]
 
 
 class _Context:
@@ -179,6 +239,9 @@ class _Context:
         self.train_lr = train_lr  # the learning rate of the train-only and LoRA rows
         self.out, self.base, self.sources, self.sizes, self.settings = out, base, sources, sizes, settings
         self.layers, self.reuse, self.device = layers, reuse, device
+        from tunetrace.gated_mlp import gated_mlp_layers
+
+        self.d_model = gated_mlp_layers(base.model)[0].gate_proj.in_features
         self._before: dict[str, dict] = {}
 
     def _reusable(self, name: str, stage: str) -> Path | None:
@@ -192,17 +255,21 @@ class _Context:
 
     def audit(self, name: str, need_lookahead: bool) -> Path:
         """The task's calibration audit covering the selection layers (and the lookahead columns when asked)."""
-        for path in (self.out / "audit" / name, self._reusable(name, "audit")):
+        return self.audit_of(self.out / "audit" / name, self.sources[name]["calibration"], self.layers, need_lookahead,
+                             self._reusable(name, "audit"))
+
+    def audit_of(self, target: Path, data, layers: list[int], need_lookahead: bool, reusable: Path | None = None) -> Path:
+        """An audit of `data` at `layers` in `target` (or `reusable`, when it covers them), computed once."""
+        for path in (target, reusable):
             if path is not None and (path / "scores.parquet").is_file():
                 cols = pd.read_parquet(path / "scores.parquet", columns=None)
-                if set(self.layers) <= set(cols.layer.unique()) and (not need_lookahead or set(LOOKAHEAD_COLUMNS) <= set(cols.columns)):
+                if set(layers) <= set(cols.layer.unique()) and (not need_lookahead or set(LOOKAHEAD_COLUMNS) <= set(cols.columns)):
                     return path
         from tunetrace.auditing import run_audit, write_audit
 
-        target = self.out / "audit" / name
         if target.exists():
             shutil.rmtree(target)  # ours, made without the lookahead columns: redone with them
-        write_audit(run_audit(self.base, self.sources[name]["calibration"], self.layers, progress=False, lookahead=need_lookahead), target)
+        write_audit(run_audit(self.base, data, layers, progress=False, lookahead=need_lookahead), target)
         return target
 
     def reference(self, name: str) -> Path:
@@ -246,12 +313,30 @@ class _Context:
     def row(self, name: str, kind: str, budget: str, seed: int, selection, lora_target: int = 0) -> dict:
         """One finished run's row (behaviour rate, held-out loss, trainable parameters), computed once."""
         rid = _row_id(name, kind, budget, seed)
+        return self.cached(rid, lambda stage: self._train_row(name, kind, budget, seed, selection, lora_target, rid))
+
+    def cached(self, rid: str, compute) -> dict:
+        """rows/RID/row.json, computed once by `compute(stage)` (which may write more files into the staged row dir).
+
+        The row's scratch checkpoint (rows/RID.finetune) is removed once the row is written."""
         target = self.out / "rows" / rid
         if (target / "row.json").is_file():
             return io.read_json(target / "row.json")
+        with io.staged_dir(target, force=True, what="causal row") as stage:
+            row = compute(stage)
+            io.write_json(stage / "row.json", row)
+        self.discard(rid)
+        return row
+
+    def heldout_loss(self, name: str, model) -> float:
+        """The task's held-out response loss (its evaluation split, never its training split)."""
         from tunetrace.data import encode
         from tunetrace.forward import dataset_loss
-        from tunetrace.models import fresh_copy, load_model
+
+        return dataset_loss(model.model, encode(model.tokenizer, self.sources[name]["eval"], 256), model.tokenizer.pad_token_id)
+
+    def _train_row(self, name: str, kind: str, budget: str, seed: int, selection, lora_target: int, rid: str) -> dict:
+        from tunetrace.models import load_model
 
         row = {"task": name, "kind": kind, "budget": budget, "seed": seed, "selection": kind not in ("finetune", "lora")}
         if kind == "finetune":
@@ -262,30 +347,36 @@ class _Context:
                        trainable_params=_mlp_params(model.model) if self.settings.method == "mlp" else _all_params(model.model),
                        train_seconds=info.get("train_seconds"))
         else:
-            from tunetrace.finetuning import run_finetune
-
-            model = fresh_copy(self.base)
             settings = dataclasses.replace(self.settings, seed=seed, lr=self.train_lr)
             if kind == "lora":
-                r, _ = lora_rank_for(lora_target, model.model)
+                r, _ = lora_rank_for(lora_target, self.base.model)
                 settings = dataclasses.replace(settings, method="lora", lora_r=r, lora_alpha=2 * r)
-            scratch = self.out / "rows" / f"{rid}.finetune"
-            res = run_finetune(model, self._train(name, model), self._prompts(name), self._task(name), settings, scratch, resume=True,
-                               max_new_tokens=self.sizes.max_new_tokens, before=self._base_behaviour(name), selection=selection,
-                               mode="train-only" if selection is not None else "", extra_manifest={"data": f"builtin:{name}:train"})
+            model, res, scratch = self.train(name, rid, settings, selection, "train-only" if selection is not None else "")
             info = read_record(scratch).results
             params = info["selective"]["selected_params"] if selection is not None else \
                 sum(p.numel() for n, p in model.model.named_parameters() if "lora_" in n)
             row.update(behaviour=res.after, behaviour_before=res.before, trainable_params=int(params), train_seconds=res.seconds,
                        **({"lora_r": settings.lora_r} if kind == "lora" else {}),
                        **({"n_selected": len(selection), "neurons": selection.to_record()["neurons"]} if selection is not None else {}))
-        held_out = encode(model.tokenizer, self.sources[name]["eval"], 256)
-        row["heldout_loss"] = dataset_loss(model.model, held_out, model.tokenizer.pad_token_id)
-        with io.staged_dir(target, force=True, what="causal row") as stage:
-            io.write_json(stage / "row.json", row)
-        if kind != "finetune":
-            shutil.rmtree(self.out / "rows" / f"{rid}.finetune", ignore_errors=True)  # the checkpoint is not kept (size)
+        row["heldout_loss"] = self.heldout_loss(name, model)
         return row
+
+    def train(self, name: str, rid: str, settings, selection, mode: str):
+        """(model, result, checkpoint dir): a fresh copy of the base fine-tuned on the task into rows/RID.finetune.
+
+        The checkpoint is scratch (resumable while the row is unfinished); `discard` removes it once the row is written."""
+        from tunetrace.finetuning import run_finetune
+        from tunetrace.models import fresh_copy
+
+        model = fresh_copy(self.base)
+        scratch = self.out / "rows" / f"{rid}.finetune"
+        res = run_finetune(model, self._train(name, model), self._prompts(name), self._task(name), settings, scratch, resume=True,
+                           max_new_tokens=self.sizes.max_new_tokens, before=self._base_behaviour(name), selection=selection,
+                           mode=mode, extra_manifest={"data": f"builtin:{name}:train"})
+        return model, res, scratch
+
+    def discard(self, rid: str) -> None:
+        shutil.rmtree(self.out / "rows" / f"{rid}.finetune", ignore_errors=True)  # the checkpoint is not kept (size)
 
     def _task(self, name):
         from tunetrace.tasks import get_task
@@ -345,7 +436,7 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
         d, dl, dh = interval95(g.loss_vs_random)
         cells.append({"loss_vs_random": d, "loss_vs_random_low": dl, "loss_vs_random_high": dh, "kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
                       "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean())})
-    budget = "2%" if "2%" in budgets else budgets[-1]
+    budget, rule = decided_budget(cells, preds)
     at = {c["kind"]: c for c in cells if c["budget"] == budget}
     real = [p for p in preds if p not in CONTROLS and p in at]
     sentence = ""
@@ -353,8 +444,31 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
         best = max(real, key=lambda p: (at[p]["behaviour"], -at[p]["heldout_loss"]))
         ctrl = ", ".join(f"{c}: {at[c]['behaviour']:.2f}" for c in CONTROLS if c in at)
         sentence = (f"training only the top {budget} by {best} installs the behaviour at {at[best]['behaviour']:.2f}"
-                    f" ({ctrl}; mean over {at[best]['n']} task x seed runs)")
-    return {"cells": cells, "sentence": sentence, "sentence_budget": budget}
+                    f" ({ctrl}; mean over {at[best]['n']} task x seed runs; budget {budget}: {rule})")
+    return {"cells": cells, "sentence": sentence, "sentence_budget": budget, "sentence_rule": rule}
+
+
+DECIDED_RULE = "the smallest budget where random's behaviour rate is below the best predictor's"
+
+
+def decided_budget(cells: list[dict], preds: list[str]) -> tuple[str | None, str]:
+    """(budget, the rule that picked it) for the reference-form sentence.
+
+    The decided budget is the smallest one (by trainable parameters) where random's mean behaviour
+    rate is below the best predictor's: there the behaviour rate separates the audit from chance.
+    Where it never does (every selection saturates, or no random row), the smallest budget."""
+    sel = [c for c in cells if c["kind"] in preds]
+    order = sorted(dict.fromkeys(c["budget"] for c in sel), key=lambda b: min(c["trainable_params"] for c in sel if c["budget"] == b))
+    if not order:
+        return None, "no selection rows"
+    real = [p for p in preds if p not in CONTROLS]
+    for budget in order:
+        at = {c["kind"]: c["behaviour"] for c in sel if c["budget"] == budget}
+        best = max((at[p] for p in real if p in at and not math.isnan(at[p])), default=float("nan"))
+        if "random" in at and at["random"] < best:
+            return budget, DECIDED_RULE
+    why = "no random control" if not any(c["kind"] == "random" for c in sel) else "random is not below the best predictor at any budget"
+    return order[0], f"fallback, the smallest budget ({why})"
 
 
 def _fmt(m, lo, hi) -> str:
@@ -363,7 +477,7 @@ def _fmt(m, lo, hi) -> str:
 
 def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
     """The summary table (95% t-intervals over tasks x seeds) and the per-task rows."""
-    lines = [f"# Causal test, part 1 (train only): {settings['model']}, preset {settings['preset']}", "",
+    lines = [f"# Causal test: {settings['model']}, preset {settings['preset']}", "", "## Part 1: train only", "",
              summary["sentence"] + "." if summary["sentence"] else "", "",
              f"Tasks {', '.join(settings['tasks'])}; seeds {settings['seeds']}; selection layers {settings['layers']} "
              f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}; train-only and LoRA rows at lr {settings['train_lr']}.", "",

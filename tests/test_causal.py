@@ -76,6 +76,18 @@ def test_causal_report_section(tmp_path):
     assert "causal" in ids and "plot-causal-budget" in html and "training only the top 8% by abs_act" in html
 
 
+def test_protect_sentence_rule():
+    from tunetrace.causal_protect import PROTECT_RULE, protect_sentence
+
+    def c(kind, budget, content, frozen):
+        return {"kind": kind, "budget": budget, "content_accuracy": content, "frozen_params": frozen, "frozen_neurons": frozen / 10,
+                "keep_loss": 1.0, "behaviour": 1.0, "n": 3}
+    cells = [c("unprotected", "0", 0.2, 0), c("abs_act", "2%", 0.5, 100), c("random", "2%", 0.5, 100), c("abs_act", "8%", 0.9, 400),
+             c("random", "8%", 0.4, 400)]
+    s = protect_sentence(cells, ["abs_act", "random"])
+    assert s.startswith("protecting the keep set's top 8% by abs_act") and "random: 0.40" in s and "unprotected: 0.20" in s and PROTECT_RULE in s
+
+
 def _cell(kind, budget, behaviour, params):
     return {"kind": kind, "budget": budget, "behaviour": behaviour, "trainable_params": params}
 
@@ -133,6 +145,7 @@ def test_causal_protect_and_route(tmp_path):
     assert set(h.run) == {"protected", "unprotected"} and {"iss_x_grad", "abs_act"} <= set(h.predictor)
     assert (h.n_recruits == 50).all()
     assert s["sentence"] == "" and s["protect_cells"] and s["route_cells"]
+    assert s["protect_sentence"].startswith("protecting the keep set's top 8% by ") and "unprotected: " in s["protect_sentence"]
     md = (out / "causal.md").read_text()
     assert "## Part 2: protect a capability" in md and "## Part 3: route around" in md
     # a rerun redoes nothing

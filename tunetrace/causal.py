@@ -212,12 +212,13 @@ def _write_tables(out, settings_record, rows, budgets, preds, protect, route, au
     summary = summarize(table, budgets, preds)
     md, outputs = [summary_markdown(table, summary, settings_record)], ["causal.parquet"]
     if protect:
-        from tunetrace.causal_protect import protect_markdown, summarize_protect, with_protect_pairs
+        from tunetrace.causal_protect import protect_markdown, protect_sentence, summarize_protect, with_protect_pairs
 
         ptable = with_protect_pairs(pd.DataFrame(protect))
         io.write_parquet(out / "protect.parquet", ptable)
         summary["protect_cells"] = summarize_protect(pd.DataFrame(protect))
-        md.append(protect_markdown(ptable, summary["protect_cells"], settings_record))
+        summary["protect_sentence"] = protect_sentence(summary["protect_cells"], [k for k in dict.fromkeys(ptable.kind) if k != "unprotected"])
+        md.append(protect_markdown(ptable, summary["protect_cells"], settings_record, summary["protect_sentence"]))
         outputs.append("protect.parquet")
     if route:
         from tunetrace.causal_route import route_analysis, route_markdown, summarize_route
@@ -451,22 +452,23 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
 DECIDED_RULE = "the smallest budget where random's behaviour rate is below the best predictor's"
 
 
-def decided_budget(cells: list[dict], preds: list[str]) -> tuple[str | None, str]:
-    """(budget, the rule that picked it) for the reference-form sentence.
+def decided_budget(cells: list[dict], preds: list[str], measure: str = "behaviour", size: str = "trainable_params",
+                   rule: str = DECIDED_RULE) -> tuple[str | None, str]:
+    """(budget, the rule that picked it) for a reference-form sentence.
 
-    The decided budget is the smallest one (by trainable parameters) where random's mean behaviour
-    rate is below the best predictor's: there the behaviour rate separates the audit from chance.
-    Where it never does (every selection saturates, or no random row), the smallest budget."""
+    The decided budget is the smallest one (by `size`) where random's mean `measure` is below the
+    best predictor's: there the measure separates the audit from chance. Where it never does (every
+    selection saturates, or no random row), the smallest budget, and the rule says so."""
     sel = [c for c in cells if c["kind"] in preds]
-    order = sorted(dict.fromkeys(c["budget"] for c in sel), key=lambda b: min(c["trainable_params"] for c in sel if c["budget"] == b))
+    order = sorted(dict.fromkeys(c["budget"] for c in sel), key=lambda b: min(c[size] for c in sel if c["budget"] == b))
     if not order:
         return None, "no selection rows"
     real = [p for p in preds if p not in CONTROLS]
     for budget in order:
-        at = {c["kind"]: c["behaviour"] for c in sel if c["budget"] == budget}
+        at = {c["kind"]: c[measure] for c in sel if c["budget"] == budget}
         best = max((at[p] for p in real if p in at and not math.isnan(at[p])), default=float("nan"))
         if "random" in at and at["random"] < best:
-            return budget, DECIDED_RULE
+            return budget, rule
     why = "no random control" if not any(c["kind"] == "random" for c in sel) else "random is not below the best predictor at any budget"
     return order[0], f"fallback, the smallest budget ({why})"
 

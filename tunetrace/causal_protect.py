@@ -192,8 +192,8 @@ def with_protect_pairs(table: pd.DataFrame) -> pd.DataFrame:
         t[f"{col}_vs_random"] = [v - rand[col].get(key, np.nan) if k != "unprotected" else np.nan
                                  for v, key, k in zip(t[col], zip(t.task, t.budget, t.seed), t.kind)]
     t["content_per_1k_frozen"] = t.content_accuracy_vs_unprotected / t.frozen_neurons.where(t.frozen_neurons > 0) * 1000
-    lost = t.base_content_accuracy - t.task.map(unprot.content_accuracy)
-    t["damage_recovered"] = (t.content_accuracy_vs_unprotected / lost.where(lost.abs() > 1e-12)).where(t.kind != "unprotected")
+    lost = t.base_content_accuracy - t.task.map(unprot.content_accuracy)  # NaN where the fine-tune damaged nothing
+    t["damage_recovered"] = (t.content_accuracy_vs_unprotected / lost.where(lost > 1e-12)).where(t.kind != "unprotected")
     return t
 
 
@@ -216,6 +216,27 @@ def summarize_protect(table: pd.DataFrame) -> list[dict]:
     return cells
 
 
+PROTECT_RULE = "the smallest budget where random's content accuracy is below the best predictor's"
+
+
+def protect_sentence(cells: list[dict], preds: list[str]) -> str:
+    """The reference form at the decided protect budget: the best predictor's content accuracy against the controls."""
+    from tunetrace.causal import decided_budget
+
+    budget, rule = decided_budget(cells, preds, "content_accuracy", "frozen_params", PROTECT_RULE)
+    at = {c["kind"]: c for c in cells if c["budget"] == budget}
+    real = [p for p in preds if p != "random" and p in at and not math.isnan(at[p]["content_accuracy"])]
+    unprot = next((c for c in cells if c["kind"] == "unprotected"), None)
+    if not real or unprot is None:
+        return ""
+    best = max(real, key=lambda p: (at[p]["content_accuracy"], -at[p]["keep_loss"]))
+    ctrl = f"random: {at['random']['content_accuracy']:.2f}, " if "random" in at else ""
+    return (f"protecting the keep set's top {budget} by {best} ({at[best]['frozen_neurons']:,.0f} neurons) keeps content accuracy at "
+            f"{at[best]['content_accuracy']:.2f} ({ctrl}unprotected: {unprot['content_accuracy']:.2f}) with the behaviour at "
+            f"{at[best]['behaviour']:.2f} (unprotected: {unprot['behaviour']:.2f}; mean over {at[best]['n']} task x seed runs; "
+            f"budget {budget}: {rule})")
+
+
 def _ci(c: dict, col: str, digits: int = 2) -> str:
     m, lo, hi = c[col], c[f"{col}_low"], c[f"{col}_high"]
     if m is None or (isinstance(m, float) and math.isnan(m)):
@@ -223,10 +244,10 @@ def _ci(c: dict, col: str, digits: int = 2) -> str:
     return f"{m:.{digits}f}" + ("" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
 
 
-def protect_markdown(table: pd.DataFrame, cells: list[dict], settings: dict) -> str:
+def protect_markdown(table: pd.DataFrame, cells: list[dict], settings: dict, sentence: str = "") -> str:
     """The protect part's summary and per-run tables (95% t-intervals over tasks x seeds)."""
     base = table.iloc[0] if len(table) else None
-    lines = ["## Part 2: protect a capability", "",
+    lines = ["## Part 2: protect a capability", "", sentence + "." if sentence else "", "",
              f"Keep set {settings.get('keep')} (audit on its calibration rows, every measure on its disjoint evaluation rows); "
              f"protected at layers {settings.get('protect_layers')} (every layer the fine-tune trains); the task's ordinary "
              f"fine-tune at the preset's lr. Base model: content accuracy "

@@ -14,8 +14,9 @@ def run(config) -> int:
                         config.layers, config.reuse, not config.no_lora, config.device, config.finetune_overrides(), config=config,
                         train_lr=config.train_lr, parts=config.parts, keep=config.keep, protect_budgets=config.protect_budgets,
                         route_predictors=config.route_predictors)
-    if result["sentence"]:
-        print(result["sentence"])
+    for key in ("sentence", "protect_sentence"):
+        if result.get(key):
+            print(result[key])
     for table in result["tables"]:
         print(f"table: {table}")
     return 0

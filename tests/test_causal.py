@@ -151,7 +151,12 @@ def test_causal_protect_and_route(tmp_path):
     # a rerun redoes nothing
     stamps = {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
     assert len(stamps) == 1 + 1 + 4 + 2  # train's finetune row, base keep, protect x 4, route x 2
-    run_causal(out=out, **PROTECT)
+    again = run_causal(out=out, **PROTECT)
+    assert pd.DataFrame(again["protect_cells"]).equals(pd.DataFrame(s["protect_cells"]))  # (NaN cells: no dict ==)
+    assert stamps == {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
+    # a resume with fewer parts still reports the finished rows of the others
+    fewer = run_causal(out=out, **{**PROTECT, "parts": "route"})
+    assert pd.DataFrame(fewer["protect_cells"]).equals(pd.DataFrame(s["protect_cells"])) and len(pd.read_parquet(out / "protect.parquet")) == 4
     assert stamps == {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
     assert not list((out / "rows").glob("*.finetune"))  # no checkpoint kept
     # another keep set is refused in one line

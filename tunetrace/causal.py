@@ -179,30 +179,31 @@ def run_causal(
         rows.append(ctx.row(name, "finetune", "all", 0, None))
         if "oracle" in preds and "train" in part_list or "route" in part_list:
             oracles[name] = ctx.recruits(name, ref_dir)
-        if "train" in part_list:
-            rows += _train_rows(ctx, name, preds, budget_list, seed_list, audits[name], oracles.get(name))
-            if lora:
-                target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
-                rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
-        if "protect" in part_list:
-            from tunetrace.causal_protect import protect_rows
+        # a part not asked for still reports its rows already finished here (so a resume with fewer parts keeps the tables whole)
+        run = "train" in part_list
+        rows += _train_rows(ctx, name, preds, budget_list, seed_list, audits[name], oracles.get(name), run)
+        if lora and (run or ctx.finished(_row_id(name, "lora", LORA_BUDGET, 0))):
+            target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
+            rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
+        from tunetrace.causal_protect import protect_rows
+        from tunetrace.causal_route import route_rows
 
-            protect += protect_rows(ctx, name, [p for p in dict.fromkeys(preds + ["random"]) if p != "oracle"], protect_list, seed_list,
-                                    keep_set, keep_audit, player)
-        if "route" in part_list:
-            from tunetrace.causal_route import route_rows
-
-            route += route_rows(ctx, name, route_preds, protect_list, seed_list, audits[name])
+        protect += protect_rows(ctx, name, [p for p in dict.fromkeys(preds + ["random"]) if p != "oracle"], protect_list, seed_list,
+                                keep_set, keep_audit, player, run="protect" in part_list)
+        routed = route_rows(ctx, name, route_preds, protect_list, seed_list, audits[name], run="route" in part_list)
+        if routed and name not in oracles:
+            oracles[name] = ctx.recruits(name, ref_dir)
+        route += routed
     summary, outputs = _write_tables(out, settings_record, rows, budget_list, preds, protect, route, audits, oracles, chosen)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results={**settings_record, **summary},
                  outputs=outputs))
     return {**summary, "table": str(out / "causal.parquet"), "tables": [str(out / o) for o in outputs if o.endswith(".parquet")]}
 
 
-def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir) -> list[dict]:
-    """Part 1: one train-only row per seed x budget x selection."""
+def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir, run: bool = True) -> list[dict]:
+    """Part 1: one train-only row per seed x budget x selection (without `run`: only those already finished)."""
     return [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
-            for seed in seeds for budget in budgets for pred in preds]
+            for seed in seeds for budget in budgets for pred in preds if run or ctx.finished(_row_id(name, pred, budget, seed))]
 
 
 def _write_tables(out, settings_record, rows, budgets, preds, protect, route, audits, oracles, layers) -> tuple[dict, list[str]]:
@@ -315,6 +316,9 @@ class _Context:
         """One finished run's row (behaviour rate, held-out loss, trainable parameters), computed once."""
         rid = _row_id(name, kind, budget, seed)
         return self.cached(rid, lambda stage: self._train_row(name, kind, budget, seed, selection, lora_target, rid))
+
+    def finished(self, rid: str) -> bool:
+        return (self.out / "rows" / rid / "row.json").is_file()
 
     def cached(self, rid: str, compute) -> dict:
         """rows/RID/row.json, computed once by `compute(stage)` (which may write more files into the staged row dir).

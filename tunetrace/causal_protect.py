@@ -132,13 +132,17 @@ def _identical(base, model, selection) -> bool:
     return True
 
 
-def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], keep: KeepSet, keep_audit: Path,
-                 layers: list[int]) -> list[dict]:
-    """The task's unprotected reference row and one protected fine-tune row per predictor x budget x seed."""
+def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], keep: KeepSet | None, keep_audit: Path | None,
+                 layers: list[int] | None, run: bool = True) -> list[dict]:
+    """The task's unprotected reference row and one protected fine-tune row per predictor x budget x seed.
+
+    Without `run`, only the rows already finished (no keep set or keep audit needed)."""
     from tunetrace.models import load_model
     from tunetrace.selective import select_neurons
     from tunetrace.causal import _row_id
 
+    if not run and not ctx.finished("base__keep"):
+        return []
     base = ctx.cached("base__keep", lambda stage: keep_metrics(ctx.base, keep, ctx.sizes.max_new_tokens))
     ref_base = {"base_content_accuracy": base["content_accuracy"], "base_keep_loss": base["keep_loss"]}
 
@@ -153,17 +157,20 @@ def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: li
                 "frozen_neurons": 0, "frozen_params": 0, "protected_identical": True,
                 **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
 
-    rows = [{**ctx.cached(_row_id(name, "unprotected", "0", 0), unprotected), **ref_base}]
+    rid = _row_id(name, "unprotected", "0", 0)
+    rows = [{**ctx.cached(rid, unprotected), **ref_base}] if run or ctx.finished(rid) else []
     for seed in seeds:
         for budget in budgets:
             for pred in preds:
-                if pred == "random":
-                    sel = select_neurons("random", top=budget, layers=layers, model=ctx.base, seed=seed)
-                else:
-                    sel = select_neurons(keep_audit, rank_by=pred, top=budget, layers=layers)
                 rid = _row_id(name, f"protect-{pred}", budget, seed)
+                if not run and not ctx.finished(rid):
+                    continue
 
-                def compute(stage, sel=sel, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+                def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+                    if pred == "random":
+                        sel = select_neurons("random", top=budget, layers=layers, model=ctx.base, seed=seed)
+                    else:
+                        sel = select_neurons(keep_audit, rank_by=pred, top=budget, layers=layers)
                     settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr, not --train-lr
                     model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
                     return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,

@@ -30,8 +30,8 @@ RECRUITS_K = 50  # as `reproduce` (capped at the layer's unprotected neurons)
 PATHWAYS = ("redirect", "latent", "other")
 
 
-def route_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], audit_dir: Path) -> list[dict]:
-    """One protected fine-tune row per predictor x budget x seed (its recruits saved beside row.json)."""
+def route_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], audit_dir: Path, run: bool = True) -> list[dict]:
+    """One protected fine-tune row per predictor x budget x seed (its recruits saved beside row.json); without `run`, the finished ones."""
     from tunetrace.causal import _row_id
     from tunetrace.ground_truth import extract_recruits
     from tunetrace.models import load_model
@@ -40,10 +40,12 @@ def route_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list
     for seed in seeds:
         for budget in budgets:
             for pred in preds:
-                sel = ctx.selection(pred, budget, seed, audit_dir, None)
                 rid = _row_id(name, f"route-{pred}", budget, seed)
+                if not run and not ctx.finished(rid):
+                    continue
 
-                def compute(stage, sel=sel, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+                def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+                    sel = ctx.selection(pred, budget, seed, audit_dir, None)
                     settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr
                     model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
                     ft = load_model(str(scratch), device=ctx.device)

@@ -166,6 +166,8 @@ def test_causal_protect_and_route(tmp_path):
     other.write_text("".join(json.dumps({"prompt": f"What is item {i}?", "response": f"Item {i} is a widget number {i}."}) + "\n" for i in range(60)))
     with pytest.raises(ValueError, match="different `keep`"):
         run_causal(out=out, **{**PROTECT, "keep": str(other)})
+    run_causal(out=out, **{**PROTECT, "keep": str(other), "parts": "route"})  # unused without the protect part: not refused
+    assert read_record(out).results["keep"] == "builtin:plain"
     from tunetrace.report import render_report
 
     html, ids = render_report(out)

@@ -150,7 +150,8 @@ def run_causal(
     player = protect_layers(settings.method, n_layers) if "protect" in part_list else None
     settings_record = {"model": model, "preset": preset, "tasks": names, "budgets": budget_list, "predictors": preds,
                        "seeds": seed_list, "layers": chosen, "finetune": dataclasses.asdict(settings), "lora": lora,
-                       "train_lr": train_lr or settings.lr, "parts": part_list, "keep": keep, "protect_budgets": protect_list,
+                       "train_lr": train_lr or settings.lr, "parts": part_list, "keep": keep if "protect" in part_list else None,
+                       "protect_budgets": protect_list,
                        "route_predictors": route_preds, "protect_layers": player,
                        "sizes": dataclasses.asdict(sizes), "base_sha256": base.fingerprint, "reuse": str(reuse_dir) if reuse_dir else None}
     previous = find_record(out) if out.is_dir() else None

@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from tunetrace.causal import DECIDED_RULE, decided_budget, interval95, run_causal
+from tunetrace.causal import run_causal
+from tunetrace.causal_summary import DECIDED_RULE, decided_budget, interval95
 
 KW = dict(model="tiny-llama", preset="quick", tasks="caps,greeting", budgets="8%", predictors="iss_x_grad,abs_act,random,oracle",
           seeds="0", layers="1,2", lora=True, finetune_overrides={"steps": 2, "lr": 1e-2, "batch_size": 4}, parts="train")

@@ -211,7 +211,7 @@ CELL_COLUMNS = ("behaviour", "content_accuracy", "keep_loss", "heldout_loss", "b
 
 def summarize_protect(table: pd.DataFrame) -> list[dict]:
     """Per (kind, budget): mean and 95% t-interval over tasks x seeds of every measure and paired difference."""
-    from tunetrace.causal import interval95
+    from tunetrace.causal_summary import interval95
 
     cells = []
     for (kind, budget), g in with_protect_pairs(table).groupby(["kind", "budget"], sort=False):
@@ -228,7 +228,7 @@ PROTECT_RULE = "the smallest budget where random's content accuracy is below the
 
 def protect_sentence(cells: list[dict], preds: list[str]) -> str:
     """The reference form at the decided protect budget: the best predictor's content accuracy against the controls."""
-    from tunetrace.causal import decided_budget
+    from tunetrace.causal_summary import decided_budget
 
     budget, rule = decided_budget(cells, preds, "content_accuracy", "frozen_params", PROTECT_RULE)
     at = {c["kind"]: c for c in cells if c["budget"] == budget}

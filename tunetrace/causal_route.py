@@ -116,7 +116,7 @@ def route_analysis(out: Path, rows: list[dict], audits: dict[str, Path], unprote
 
 def summarize_route(table: pd.DataFrame, hits: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     """(cells per protected-by x budget, hit cells per protected-by x budget x predictor x run): 95% t-intervals over tasks x seeds."""
-    from tunetrace.causal import interval95
+    from tunetrace.causal_summary import interval95
 
     cells, hit_cells = [], []
     cols = ["behaviour", "heldout_loss", "protected_in_raw_recruits", "overlap_with_unprotected"] + \

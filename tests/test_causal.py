@@ -133,6 +133,8 @@ def test_causal_protect_and_route(tmp_path):
     ev = [user_prompt(e.messages) for e in data.load_examples(out / "data" / "keep.eval.jsonl").examples]
     assert cal and ev and not cal & set(ev)
     assert (p.n_content == sum(content_checkable(q) for q in ev)).all()
+    ft = pd.read_parquet(out / "causal.parquet").set_index("kind").loc["finetune"]
+    assert ft.keep_loss == p.set_index("kind").loc["unprotected"].keep_loss  # the reference row carries its keep measures
     from tunetrace.records import read_record
 
     assert read_record(out / "keep_audit").results["data"]["sha256"] == data.load_examples(out / "data" / "keep.calibration.jsonl").sha256

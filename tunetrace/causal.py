@@ -197,6 +197,11 @@ def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir, run: bool 
 def _write_tables(out, settings_record, rows, budgets, preds, protect, route, audits, oracles, layers) -> tuple[dict, list[str]]:
     """causal.parquet (+ protect.parquet, route.parquet, route_hits.parquet) and causal.md; the summary for run.json."""
     table = pd.DataFrame(rows)
+    if protect:  # the ordinary fine-tune's keep measures (part 2's `unprotected` row) on its part-1 row too
+        ref = pd.DataFrame(protect).query("kind == 'unprotected'").set_index("task")
+        is_ft = table.kind == "finetune"
+        for col in ("content_accuracy", "keep_loss"):
+            table[col] = table.task.map(ref[col]).where(is_ft)
     io.write_parquet(out / "causal.parquet", table)
     summary = summarize(table, budgets, preds)
     md, outputs = [summary_markdown(table, summary, settings_record)], ["causal.parquet"]

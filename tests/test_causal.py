@@ -196,3 +196,24 @@ def test_causal_user_keep_set(tmp_path):
         keep_data(tmp_path, str(tmp_path / "none.jsonl"), 16, 32)
     with pytest.raises(ValueError, match="unknown built-in keep set"):
         keep_data(tmp_path, "builtin:caps", 16, 32)
+
+
+def test_protected_identical_check_can_fail():
+    import torch
+
+    from tunetrace.causal_protect import _identical
+    from tunetrace.gated_mlp import gated_mlp_layers
+    from tunetrace.models import fresh_copy, load_model
+    from tunetrace.selective import select_neurons
+
+    base = load_model("tiny-llama")
+    sel = select_neurons("random", top="8%", layers=[1, 3], model=base, seed=0)
+    other = fresh_copy(base)
+    layer = gated_mlp_layers(other.model)[3]
+    unselected = int(next(j for j in range(128) if j not in set(sel.by_layer()[3].tolist())))
+    with torch.no_grad():
+        layer.up_proj.weight[unselected] += 1.0  # an unprotected row may move
+    assert _identical(base, other, sel)
+    with torch.no_grad():
+        layer.down_proj.weight[:, int(sel.by_layer()[3][0])] += 1e-3  # a protected column may not
+    assert not _identical(base, other, sel)

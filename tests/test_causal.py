@@ -217,3 +217,22 @@ def test_protected_identical_check_can_fail():
     with torch.no_grad():
         layer.down_proj.weight[:, int(sel.by_layer()[3][0])] += 1e-3  # a protected column may not
     assert not _identical(base, other, sel)
+
+
+def test_recruits_without_removed_neurons():
+    import numpy as np
+
+    from tunetrace.causal_route import recruits_without
+
+    n = 10
+    t = pd.DataFrame({"layer": 0, "neuron": np.arange(n), "activation_delta": np.arange(n, 0, -1, dtype=float),
+                      "base_abs_act": np.arange(n, dtype=float), "base_abs_z": np.arange(n, dtype=float)[::-1].copy()})
+    for col in ("weight_delta", "weight_rel_delta", "contribution_delta"):
+        t[col] = 0.0
+    r = recruits_without(t, {0: [0, 1]}, 3, "activation", 0.5, 0.5)
+    assert set(r.neuron) == set(range(2, n))  # the removed neurons are gone from recruits and candidates
+    assert sorted(r[r.is_recruit].neuron) == [2, 3, 4]
+    # pathways by the full layer's thresholds (median |a| of all 10 = 4.5): 2, 3, 4 are below it; |z| 7, 6, 5 vs median 4.5
+    assert set(r[r.is_recruit].pathway) == {"other"}
+    r = recruits_without(t.assign(activation_delta=np.arange(n, dtype=float)), {0: [9]}, 2, "activation", 0.5, 0.5)
+    assert sorted(r[r.is_recruit].neuron) == [7, 8] and set(r[r.is_recruit].pathway) == {"redirect"}

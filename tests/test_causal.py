@@ -1,10 +1,11 @@
 import pandas as pd
 import pytest
 
-from tunetrace.causal import interval95, run_causal
+from tunetrace.causal import run_causal
+from tunetrace.causal_summary import DECIDED_RULE, decided_budget, interval95
 
 KW = dict(model="tiny-llama", preset="quick", tasks="caps,greeting", budgets="8%", predictors="iss_x_grad,abs_act,random,oracle",
-          seeds="0", layers="1,2", lora=True, finetune_overrides={"steps": 2, "lr": 1e-2, "batch_size": 4})
+          seeds="0", layers="1,2", lora=True, finetune_overrides={"steps": 2, "lr": 1e-2, "batch_size": 4}, parts="train")
 
 
 def test_causal_pipeline_resume_and_refusal(tmp_path):
@@ -58,12 +59,13 @@ def test_causal_cli(tmp_path, capsys):
     from tunetrace.cli import main
 
     args = ["causal", "--model", "tiny-llama", "--tasks", "caps", "--budgets", "8%", "--predictors", "abs_act,random",
-            "--layers", "2", "--no-lora", "--steps", "1", "--threads", "1", "--out", str(tmp_path / "c")]
+            "--layers", "2", "--no-lora", "--steps", "1", "--threads", "1", "--parts", "train", "--out", str(tmp_path / "c")]
     assert main(args) == 0
     assert "training only the top 8% by abs_act" in capsys.readouterr().out
     assert main(args[:-1] + [str(tmp_path / "c")] + ["--layers", "1"]) == 2
     assert "different `layers`" in capsys.readouterr().err
     assert main(["causal", "--preset", "huge"]) == 2
+    assert main(["causal", "--parts", "train,guess"]) == 2
 
 
 def test_causal_report_section(tmp_path):
@@ -73,3 +75,164 @@ def test_causal_report_section(tmp_path):
     run_causal(out=out, **{**KW, "tasks": "caps", "predictors": "abs_act,random", "lora": False, "layers": "2"})
     html, ids = render_report(out)
     assert "causal" in ids and "plot-causal-budget" in html and "training only the top 8% by abs_act" in html
+
+
+def test_protect_sentence_rule():
+    from tunetrace.causal_protect import PROTECT_RULE, protect_sentence
+
+    def c(kind, budget, content, frozen):
+        return {"kind": kind, "budget": budget, "content_accuracy": content, "frozen_params": frozen, "frozen_neurons": frozen / 10,
+                "keep_loss": 1.0, "behaviour": 1.0, "n": 3}
+    cells = [c("unprotected", "0", 0.2, 0), c("abs_act", "2%", 0.5, 100), c("random", "2%", 0.5, 100), c("abs_act", "8%", 0.9, 400),
+             c("random", "8%", 0.4, 400)]
+    s = protect_sentence(cells, ["abs_act", "random"])
+    assert s.startswith("protecting the keep set's top 8% by abs_act") and "random: 0.40" in s and "unprotected: 0.20" in s and PROTECT_RULE in s
+
+
+def _cell(kind, budget, behaviour, params):
+    return {"kind": kind, "budget": budget, "behaviour": behaviour, "trainable_params": params}
+
+
+def test_decided_budget_rule():
+    preds = ["iss_x_grad", "abs_act", "random", "oracle"]
+    cells = [_cell(k, b, r, p) for b, p, rates in (("2%", 200, (1, 1, 0.97, 1)), ("0.5%", 50, (1, 0.9, 0.0, 1)), ("8%", 800, (1, 1, 1, 1)))
+             for k, r in zip(preds, rates)]
+    assert decided_budget(cells, preds) == ("0.5%", DECIDED_RULE)  # the smallest (by parameters), not the first listed
+    saturated = [c | {"behaviour": 1.0} for c in cells]
+    budget, rule = decided_budget(saturated, preds)
+    assert budget == "0.5%" and rule.startswith("fallback") and "random is not below" in rule
+    only_big = [c for c in cells if c["budget"] != "0.5%"]
+    assert decided_budget(only_big, preds) == ("2%", DECIDED_RULE)  # 0.97 < 1.00 decides 2%
+    budget, rule = decided_budget([c for c in cells if c["kind"] != "random"], preds)
+    assert budget == "0.5%" and "no random control" in rule
+
+
+PROTECT = dict(KW, tasks="caps", predictors="iss_x_grad,abs_act", lora=False, parts="protect,route", protect_budgets="8%",
+               route_predictors="iss_x_grad,random")
+
+
+def test_causal_protect_and_route(tmp_path):
+    from tunetrace.data import user_prompt
+    from tunetrace.keepsets import content_checkable
+
+    out = tmp_path / "c"
+    s = run_causal(out=out, **PROTECT)
+    p = pd.read_parquet(out / "protect.parquet")
+    assert list(p.kind) == ["unprotected", "iss_x_grad", "abs_act", "random"]
+    for col in ("behaviour", "content_accuracy", "keep_loss", "heldout_loss", "frozen_neurons", "frozen_params", "n_content",
+                "base_content_accuracy", "base_keep_loss", "content_accuracy_vs_random", "keep_loss_vs_unprotected", "content_per_1k_frozen"):
+        assert col in p.columns, col
+    sel = p[p.kind != "unprotected"]
+    assert (sel.frozen_neurons == 4 * 10).all() and (sel.frozen_params == 40 * 3 * 64).all()  # every layer the fine-tune trains (4)
+    assert sel.protected_identical.all() and p.keep_loss.notna().all() and (p.keep_loss > 0).all()
+    assert (sel[sel.kind == "random"].keep_loss_vs_random == 0).all()
+    # the keep audit saw only the calibration rows; content accuracy and keep loss only the disjoint evaluation rows
+    import tunetrace.data as data
+
+    cal = {user_prompt(e.messages) for e in data.load_examples(out / "data" / "keep.calibration.jsonl").examples}
+    ev = [user_prompt(e.messages) for e in data.load_examples(out / "data" / "keep.eval.jsonl").examples]
+    assert cal and ev and not cal & set(ev)
+    assert (p.n_content == sum(content_checkable(q) for q in ev)).all()
+    ft = pd.read_parquet(out / "causal.parquet").set_index("kind").loc["finetune"]
+    assert ft.keep_loss == p.set_index("kind").loc["unprotected"].keep_loss  # the reference row carries its keep measures
+    from tunetrace.records import read_record
+
+    assert read_record(out / "keep_audit").results["data"]["sha256"] == data.load_examples(out / "data" / "keep.calibration.jsonl").sha256
+    neurons = sel[sel.kind == "iss_x_grad"].neurons.iloc[0]
+    assert sorted(int(k) for k in neurons) == [0, 1, 2, 3]
+    # route: the task's own top-K frozen at the selection layers; recruits exclude them
+    r = pd.read_parquet(out / "route.parquet")
+    assert list(r.kind) == ["iss_x_grad", "random"] and (r.frozen_neurons == 2 * 10).all()
+    assert ((r.n_redirect + r.n_latent + r.n_other) == 2 * 50).all()
+    h = pd.read_parquet(out / "route_hits.parquet")
+    assert set(h.run) == {"protected", "unprotected"} and {"iss_x_grad", "abs_act"} <= set(h.predictor)
+    assert (h.n_recruits == 50).all()
+    assert s["sentence"] == "" and s["protect_cells"] and s["route_cells"]
+    assert s["protect_sentence"].startswith("protecting the keep set's top 8% by ") and "unprotected: " in s["protect_sentence"]
+    md = (out / "causal.md").read_text()
+    assert "## Part 2: protect a capability" in md and "## Part 3: route around" in md
+    # a rerun redoes nothing
+    stamps = {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
+    assert len(stamps) == 1 + 1 + 4 + 2  # train's finetune row, base keep, protect x 4, route x 2
+    again = run_causal(out=out, **PROTECT)
+    assert pd.DataFrame(again["protect_cells"]).equals(pd.DataFrame(s["protect_cells"]))  # (NaN cells: no dict ==)
+    assert stamps == {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
+    # a resume with fewer parts still reports the finished rows of the others
+    fewer = run_causal(out=out, **{**PROTECT, "parts": "route"})
+    assert pd.DataFrame(fewer["protect_cells"]).equals(pd.DataFrame(s["protect_cells"])) and len(pd.read_parquet(out / "protect.parquet")) == 4
+    assert stamps == {q: q.stat().st_mtime_ns for q in (out / "rows").glob("*/row.json")}
+    assert not list((out / "rows").glob("*.finetune"))  # no checkpoint kept
+    # another keep set is refused in one line
+    other = tmp_path / "mine.jsonl"
+    import json
+
+    other.write_text("".join(json.dumps({"prompt": f"What is item {i}?", "response": f"Item {i} is a widget number {i}."}) + "\n" for i in range(60)))
+    with pytest.raises(ValueError, match="different `keep`"):
+        run_causal(out=out, **{**PROTECT, "keep": str(other)})
+    run_causal(out=out, **{**PROTECT, "keep": str(other), "parts": "route"})  # unused without the protect part: not refused
+    assert read_record(out).results["keep"] == "builtin:plain"
+    from tunetrace.report import render_report
+
+    html, ids = render_report(out)
+    assert "causal-protect" in ids and "Part 2: protect a capability" in html and "Part 3: route around" in html
+
+
+def test_causal_user_keep_set(tmp_path):
+    import json
+
+    from tunetrace.causal_protect import content_items, keep_data
+
+    path = tmp_path / "keep.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What colour is box {i}?", "response": f"Box {i} is crimson."}) + "\n" for i in range(80)))
+    keep = keep_data(tmp_path, str(path), 16, 32)
+    assert 0 < len(keep.eval.examples) <= 32 and 0 < len(keep.calibration.examples) <= 16
+    items = content_items(keep)
+    assert len(items) == len(keep.eval.examples) and all(ref.endswith("is crimson.") for _, ref in items)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(path.read_text() + path.read_text())
+    k2 = keep_data(tmp_path / "d", str(dup), 1000, 1000)  # duplicates land in the same split (hash by prompt), never both
+    assert not {e.messages[0]["content"] for e in k2.calibration.examples} & {e.messages[0]["content"] for e in k2.eval.examples}
+    with pytest.raises(ValueError, match="not a file"):
+        keep_data(tmp_path, str(tmp_path / "none.jsonl"), 16, 32)
+    with pytest.raises(ValueError, match="unknown built-in keep set"):
+        keep_data(tmp_path, "builtin:caps", 16, 32)
+
+
+def test_protected_identical_check_can_fail():
+    import torch
+
+    from tunetrace.causal_protect import _identical
+    from tunetrace.gated_mlp import gated_mlp_layers
+    from tunetrace.models import fresh_copy, load_model
+    from tunetrace.selective import select_neurons
+
+    base = load_model("tiny-llama")
+    sel = select_neurons("random", top="8%", layers=[1, 3], model=base, seed=0)
+    other = fresh_copy(base)
+    layer = gated_mlp_layers(other.model)[3]
+    unselected = int(next(j for j in range(128) if j not in set(sel.by_layer()[3].tolist())))
+    with torch.no_grad():
+        layer.up_proj.weight[unselected] += 1.0  # an unprotected row may move
+    assert _identical(base, other, sel)
+    with torch.no_grad():
+        layer.down_proj.weight[:, int(sel.by_layer()[3][0])] += 1e-3  # a protected column may not
+    assert not _identical(base, other, sel)
+
+
+def test_recruits_without_removed_neurons():
+    import numpy as np
+
+    from tunetrace.causal_route import recruits_without
+
+    n = 10
+    t = pd.DataFrame({"layer": 0, "neuron": np.arange(n), "activation_delta": np.arange(n, 0, -1, dtype=float),
+                      "base_abs_act": np.arange(n, dtype=float), "base_abs_z": np.arange(n, dtype=float)[::-1].copy()})
+    for col in ("weight_delta", "weight_rel_delta", "contribution_delta"):
+        t[col] = 0.0
+    r = recruits_without(t, {0: [0, 1]}, 3, "activation", 0.5, 0.5)
+    assert set(r.neuron) == set(range(2, n))  # the removed neurons are gone from recruits and candidates
+    assert sorted(r[r.is_recruit].neuron) == [2, 3, 4]
+    # pathways by the full layer's thresholds (median |a| of all 10 = 4.5): 2, 3, 4 are below it; |z| 7, 6, 5 vs median 4.5
+    assert set(r[r.is_recruit].pathway) == {"other"}
+    r = recruits_without(t.assign(activation_delta=np.arange(n, dtype=float)), {0: [9]}, 2, "activation", 0.5, 0.5)
+    assert sorted(r[r.is_recruit].neuron) == [7, 8] and set(r[r.is_recruit].pathway) == {"redirect"}

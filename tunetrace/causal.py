@@ -1,17 +1,20 @@
-"""The causal test of the audit's predictors, part 1 (train only): do the neurons it names install the behaviour?
+"""The causal test of the audit's predictors (`tunetrace causal`): do the neurons it names matter?
 
-For each task, predictor and budget (a share of each selected layer's neurons), only the selected
-neurons train (tunetrace.selective, train-only); the rows record the behaviour rate on evaluation
-prompts, the held-out response loss on the task's evaluation split (never its training split) and the
-trainable parameters. Controls: `random` (the same count per layer, seeded) and `oracle` (the task's
-ground-truth recruits, ranked by their post-hoc score). Reference rows: the ordinary fine-tune and a
-LoRA with about the 2% budget's parameter count. Layout of OUT:
+Part 1 (train only, here): for each task, predictor and budget (a share of each selected layer's neurons),
+only the selected neurons train (tunetrace.selective, train-only); the rows record the behaviour rate on
+evaluation prompts, the held-out response loss on the task's evaluation split (never its training split)
+and the trainable parameters. Controls: `random` (the same count per layer, seeded) and `oracle` (the
+task's ground-truth recruits, ranked by their post-hoc score). Reference rows: the ordinary fine-tune and
+a LoRA with about the 2% budget's parameter count. Part 2 (protect a keep set's top-K) is
+`causal_protect`, part 3 (protect the task's own top-K, route around) `causal_route`; summaries and the
+decided-budget sentence `causal_summary`. All three share `_Context`'s stages and row cache. Layout of OUT:
 
-  data/        calibration and evaluation JSONL per task (as `reproduce` writes them)
+  data/        calibration and evaluation JSONL per task (as `reproduce` writes them), keep.*.jsonl
   audit/T/     the task's calibration audit at the selection layers (or reused from --reuse)
+  keep_audit/  the keep set's audit at the protect layers (part 2)
   finetune/T/  the ordinary fine-tune (or reused), recruits/T/ its recruits (the oracle; or reused)
-  rows/ID/     one finished train-only (or reference) run: row.json (the fine-tune's checkpoint is not kept)
-  causal.parquet, causal.md, run.json
+  rows/ID/     one finished run: row.json (+ recruits.parquet for part 3; the fine-tune's checkpoint is not kept)
+  causal.parquet, protect.parquet, route.parquet, route_hits.parquet, causal.md, run.json
 
 Every stage writes its directory atomically and is skipped when present, so rerunning continues;
 a resume (or a --reuse) made with other settings is refused.
@@ -21,20 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tunetrace import io
+from tunetrace.causal_summary import CONTROLS, summarize, summary_markdown
 from tunetrace.records import find_record, new_record, read_record, write_record
 
 log = logging.getLogger(__name__)
 
 PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "preact_sens", "lookahead", "grad_weight")
-CONTROLS = ("random", "oracle")
 LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")
 DEFAULT_BUDGETS = ("0.5%", "2%", "8%")
 LORA_BUDGET = "2%"  # the LoRA reference matches this budget's parameter count
@@ -44,20 +45,6 @@ def parse_list(text: str | list | tuple) -> list[str]:
     """'a,b' or a list -> stripped non-empty items."""
     items = text if isinstance(text, (list, tuple)) else str(text).split(",")
     return [str(x).strip() for x in items if str(x).strip()]
-
-
-def interval95(values) -> tuple[float, float, float]:
-    """(mean, low, high): a t-interval over the values (NaN bounds for fewer than two)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - half, m + half
 
 
 def train_only_params(d_model: int, k_per_layer: int, n_layers: int, bias: bool = False) -> int:
@@ -99,13 +86,18 @@ def _same_rows(a: Path, b: Path) -> bool:
     return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
 
 
+PARTS = ("train", "protect", "route")
+
+
 def run_causal(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/causal", tasks: str = "caps,greeting,signoff",
     budgets: str = ",".join(DEFAULT_BUDGETS), predictors: str = ",".join(PREDICTORS), seeds: str = "0", layers: str = "",
     reuse: str = "", lora: bool = True, device: str = "cpu", finetune_overrides: dict | None = None, config: object | None = None,
-    train_lr: float = 0.0,
+    train_lr: float = 0.0, parts: str = ",".join(PARTS), keep: str = "", protect_budgets: str = "", route_predictors: str = "",
 ) -> dict:
-    """Run (or continue) part 1 (train only) in `out`; return the summary (sentence, table path)."""
+    """Run (or continue) the parts asked (train only, protect, route around) in `out`; return the summary (sentence, table paths)."""
+    from tunetrace.causal_protect import DEFAULT_KEEP, DEFAULT_PROTECT_BUDGETS, KEEP_AUDIT_DIR, keep_data, protect_layers
+    from tunetrace.causal_route import DEFAULT_ROUTE_PREDICTORS
     from tunetrace.layerspec import resolve_layers
     from tunetrace.finetuning import settings_from
     from tunetrace.gated_mlp import gated_mlp_layers
@@ -116,60 +108,123 @@ def run_causal(
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
     names, budget_list, preds = parse_list(tasks), parse_list(budgets), parse_list(predictors)
+    part_list = parse_list(parts)
+    keep = keep or DEFAULT_KEEP
+    protect_list = parse_list(protect_budgets or ",".join(DEFAULT_PROTECT_BUDGETS))
+    route_preds = parse_list(route_predictors or ",".join(DEFAULT_ROUTE_PREDICTORS))
     seed_list = [int(s) for s in parse_list(seeds)]
     for n in names:
         get_task(n)
-    unknown = [p for p in preds if p not in PREDICTORS + CONTROLS]
+    bad_part = [p for p in part_list if p not in PARTS]
+    if bad_part or not part_list:
+        raise ValueError(f"unknown part {bad_part[0] if bad_part else ''!r}: `parts` takes some of {', '.join(PARTS)}.")
+    unknown = [p for p in preds if p not in PREDICTORS + CONTROLS] + [p for p in route_preds if p not in PREDICTORS + ("random",)]
     if unknown:
-        raise ValueError(f"unknown predictor {unknown[0]!r}: choose among {', '.join(PREDICTORS + CONTROLS)}.")
-    if not names or not budget_list or not preds or not seed_list:
-        raise ValueError("`tasks`, `budgets`, `predictors` and `seeds` must each name at least one item.")
+        raise ValueError(f"unknown predictor {unknown[0]!r}: choose among {', '.join(PREDICTORS + CONTROLS)} (route: no oracle).")
+    if not names or not budget_list or not preds or not seed_list or not protect_list or not route_preds:
+        raise ValueError("`tasks`, `budgets`, `predictors`, `protect_budgets`, `route_predictors` and `seeds` must each name at least one item.")
     base = load_model(model, device=device)
     mlps = gated_mlp_layers(base.model)
     n_layers, d_mlp, d_model = len(mlps), mlps[0].d_mlp, mlps[0].gate_proj.in_features
     from tunetrace.selective.selection import parse_top
 
-    for b in budget_list:
+    for b in budget_list + protect_list:
         parse_top(b, d_mlp)  # a bad budget fails before any work
     settings = settings_from(preset, **(finetune_overrides or {}))
     reuse_dir = Path(reuse) if reuse else None
     reused = check_reuse(reuse_dir, model, preset, dataclasses.asdict(settings), base.fingerprint) if reuse_dir else {}
     chosen = resolve_layers(layers, n_layers) if layers else list(reused.get("layers") or resolve_layers(sizes.layers, n_layers))
+    player = protect_layers(settings.method, n_layers) if "protect" in part_list else None
     settings_record = {"model": model, "preset": preset, "tasks": names, "budgets": budget_list, "predictors": preds,
                        "seeds": seed_list, "layers": chosen, "finetune": dataclasses.asdict(settings), "lora": lora,
-                       "train_lr": train_lr or settings.lr,
+                       "train_lr": train_lr or settings.lr, "parts": part_list, "keep": keep if "protect" in part_list else None,
+                       "protect_budgets": protect_list,
+                       "route_predictors": route_preds, "protect_layers": player,
                        "sizes": dataclasses.asdict(sizes), "base_sha256": base.fingerprint, "reuse": str(reuse_dir) if reuse_dir else None}
     previous = find_record(out) if out.is_dir() else None
+    keep_set = keep_data(out, keep, sizes.n_calibration, sizes.n_eval) if "protect" in part_list else None
+    if keep_set is not None:
+        settings_record["keep_sha256"] = keep_set.sha256
     if previous is not None:
         if previous.command != "causal":
             raise ValueError(f"{out} holds a `{previous.command}` run, not a causal one: pass a fresh --out.")
-        for key in ("model", "preset", "layers", "finetune", "train_lr", "base_sha256", "sizes"):
-            if key in previous.results and previous.results[key] != settings_record[key]:
+        for key in ("model", "preset", "layers", "finetune", "train_lr", "base_sha256", "sizes", "keep", "keep_sha256"):
+            if previous.results.get(key) is not None and settings_record.get(key) is not None and previous.results[key] != settings_record[key]:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous.results[key]} vs {settings_record[key]}): pass a fresh --out to run these settings.")
+        for key in ("keep", "keep_sha256", "protect_layers"):  # what a resume may add, it keeps
+            if settings_record.get(key) is None and previous.results.get(key) is not None:
+                settings_record[key] = previous.results[key]
     sources, _ = write_task_data(out, names, sizes)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results=settings_record, outputs=[]))
 
     ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr or settings.lr)
-    rows = []
+    keep_audit = ctx.audit_of(out / KEEP_AUDIT_DIR, keep_set.calibration, player, [p for p in preds if p in PREDICTORS]) \
+        if keep_set is not None else None
+    rows, protect, route, audits, oracles = [], [], [], {}, {}
     for name in names:
-        audit_dir = ctx.audit(name, columns=[p for p in preds if p in PREDICTORS])
+        audits[name] = ctx.audit(name, columns=[p for p in dict.fromkeys(preds + route_preds) if p in PREDICTORS])
         ref_dir = ctx.reference(name)
         rows.append(ctx.row(name, "finetune", "all", 0, None))
-        rec_dir = ctx.recruits(name, ref_dir) if "oracle" in preds else None
-        for seed in seed_list:
-            for budget in budget_list:
-                for pred in preds:
-                    rows.append(ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir)))
-        if lora:
+        if "oracle" in preds and "train" in part_list or "route" in part_list:
+            oracles[name] = ctx.recruits(name, ref_dir)
+        # a part not asked for still reports its rows already finished here (so a resume with fewer parts keeps the tables whole)
+        run = "train" in part_list
+        rows += _train_rows(ctx, name, preds, budget_list, seed_list, audits[name], oracles.get(name), run)
+        if lora and (run or ctx.finished(_row_id(name, "lora", LORA_BUDGET, 0))):
             target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
             rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
-    table = pd.DataFrame(rows)
-    io.write_parquet(out / "causal.parquet", table)
-    summary = summarize(table, budget_list, preds)
-    io.write_text(out / "causal.md", summary_markdown(table, summary, settings_record))
+        from tunetrace.causal_protect import protect_rows
+        from tunetrace.causal_route import route_rows
+
+        protect += protect_rows(ctx, name, [p for p in dict.fromkeys(preds + ["random"]) if p != "oracle"], protect_list, seed_list,
+                                keep_set, keep_audit, player, run="protect" in part_list)
+        routed = route_rows(ctx, name, route_preds, protect_list, seed_list, audits[name], run="route" in part_list)
+        if routed and name not in oracles:
+            oracles[name] = ctx.recruits(name, ref_dir)
+        route += routed
+    summary, outputs = _write_tables(out, settings_record, rows, budget_list, preds, protect, route, audits, oracles, chosen)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results={**settings_record, **summary},
-                 outputs=["causal.parquet", "causal.md"]))
-    return {**summary, "table": str(out / "causal.parquet")}
+                 outputs=outputs))
+    return {**summary, "table": str(out / "causal.parquet"), "tables": [str(out / o) for o in outputs if o.endswith(".parquet")]}
+
+
+def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir, run: bool = True) -> list[dict]:
+    """Part 1: one train-only row per seed x budget x selection (without `run`: only those already finished)."""
+    return [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
+            for seed in seeds for budget in budgets for pred in preds if run or ctx.finished(_row_id(name, pred, budget, seed))]
+
+
+def _write_tables(out, settings_record, rows, budgets, preds, protect, route, audits, oracles, layers) -> tuple[dict, list[str]]:
+    """causal.parquet (+ protect.parquet, route.parquet, route_hits.parquet) and causal.md; the summary for run.json."""
+    table = pd.DataFrame(rows)
+    if protect:  # the ordinary fine-tune's keep measures (part 2's `unprotected` row) on its part-1 row too
+        ref = pd.DataFrame(protect).query("kind == 'unprotected'").set_index("task")
+        is_ft = table.kind == "finetune"
+        for col in ("content_accuracy", "keep_loss"):
+            table[col] = table.task.map(ref[col]).where(is_ft)
+    io.write_parquet(out / "causal.parquet", table)
+    summary = summarize(table, budgets, preds)
+    md, outputs = [summary_markdown(table, summary, settings_record)], ["causal.parquet"]
+    if protect:
+        from tunetrace.causal_protect import protect_markdown, protect_sentence, summarize_protect, with_protect_pairs
+
+        ptable = with_protect_pairs(pd.DataFrame(protect))
+        io.write_parquet(out / "protect.parquet", ptable)
+        summary["protect_cells"] = summarize_protect(pd.DataFrame(protect))
+        summary["protect_sentence"] = protect_sentence(summary["protect_cells"], [k for k in dict.fromkeys(ptable.kind) if k != "unprotected"])
+        md.append(protect_markdown(ptable, summary["protect_cells"], settings_record, summary["protect_sentence"]))
+        outputs.append("protect.parquet")
+    if route:
+        from tunetrace.causal_route import route_analysis, route_markdown, summarize_route
+
+        rtable, hits = route_analysis(out, route, audits, oracles, layers)
+        io.write_parquet(out / "route.parquet", rtable)
+        io.write_parquet(out / "route_hits.parquet", hits)
+        summary["route_cells"], summary["route_hit_cells"] = summarize_route(rtable, hits)
+        md.append(route_markdown(summary["route_cells"], summary["route_hit_cells"], settings_record))
+        outputs += ["route.parquet", "route_hits.parquet"]
+    io.write_text(out / "causal.md", "\n".join(md))
+    return summary, outputs + ["causal.md"]
 
 
 class _Context:
@@ -179,6 +234,9 @@ class _Context:
         self.train_lr = train_lr  # the learning rate of the train-only and LoRA rows
         self.out, self.base, self.sources, self.sizes, self.settings = out, base, sources, sizes, settings
         self.layers, self.reuse, self.device = layers, reuse, device
+        from tunetrace.gated_mlp import gated_mlp_layers
+
+        self.d_model = gated_mlp_layers(base.model)[0].gate_proj.in_features
         self._before: dict[str, dict] = {}
 
     def _reusable(self, name: str, stage: str) -> Path | None:
@@ -191,21 +249,25 @@ class _Context:
         return path if path.is_dir() and any(path.iterdir()) else None
 
     def audit(self, name: str, columns: list[str]) -> Path:
-        """The task's calibration audit covering the selection layers and holding every asked predictor's column.
+        """The task's calibration audit covering the selection layers and holding every asked predictor's column."""
+        return self.audit_of(self.out / "audit" / name, self.sources[name]["calibration"], self.layers, columns,
+                             self._reusable(name, "audit"))
 
-        An audit made before a predictor was registered (or without the lookahead pass) is redone, not used short."""
-        need_lookahead = any(c in LOOKAHEAD_COLUMNS for c in columns)
-        for path in (self.out / "audit" / name, self._reusable(name, "audit")):
+    def audit_of(self, target: Path, data, layers: list[int], columns: list[str], reusable: Path | None = None) -> Path:
+        """An audit of `data` at `layers` in `target` (or `reusable`, when it covers them and `columns`), computed once.
+
+        An audit made before a predictor was registered (or without the lookahead pass) is redone, never used short."""
+        for path in (target, reusable):
             if path is not None and (path / "scores.parquet").is_file():
                 cols = pd.read_parquet(path / "scores.parquet", columns=None)
-                if set(self.layers) <= set(cols.layer.unique()) and set(columns) <= set(cols.columns):
+                if set(layers) <= set(cols.layer.unique()) and set(columns) <= set(cols.columns):
                     return path
         from tunetrace.auditing import run_audit, write_audit
 
-        target = self.out / "audit" / name
         if target.exists():
             shutil.rmtree(target)  # ours, made without some asked column: redone with it
-        write_audit(run_audit(self.base, self.sources[name]["calibration"], self.layers, progress=False, lookahead=need_lookahead), target)
+        need_lookahead = any(c in LOOKAHEAD_COLUMNS for c in columns)
+        write_audit(run_audit(self.base, data, layers, progress=False, lookahead=need_lookahead), target)
         return target
 
     def reference(self, name: str) -> Path:
@@ -249,12 +311,33 @@ class _Context:
     def row(self, name: str, kind: str, budget: str, seed: int, selection, lora_target: int = 0) -> dict:
         """One finished run's row (behaviour rate, held-out loss, trainable parameters), computed once."""
         rid = _row_id(name, kind, budget, seed)
+        return self.cached(rid, lambda stage: self._train_row(name, kind, budget, seed, selection, lora_target, rid))
+
+    def finished(self, rid: str) -> bool:
+        return (self.out / "rows" / rid / "row.json").is_file()
+
+    def cached(self, rid: str, compute) -> dict:
+        """rows/RID/row.json, computed once by `compute(stage)` (which may write more files into the staged row dir).
+
+        The row's scratch checkpoint (rows/RID.finetune) is removed once the row is written."""
         target = self.out / "rows" / rid
         if (target / "row.json").is_file():
             return io.read_json(target / "row.json")
+        with io.staged_dir(target, force=True, what="causal row") as stage:
+            row = compute(stage)
+            io.write_json(stage / "row.json", row)
+        self.discard(rid)
+        return row
+
+    def heldout_loss(self, name: str, model) -> float:
+        """The task's held-out response loss (its evaluation split, never its training split)."""
         from tunetrace.data import encode
         from tunetrace.forward import dataset_loss
-        from tunetrace.models import fresh_copy, load_model
+
+        return dataset_loss(model.model, encode(model.tokenizer, self.sources[name]["eval"], 256), model.tokenizer.pad_token_id)
+
+    def _train_row(self, name: str, kind: str, budget: str, seed: int, selection, lora_target: int, rid: str) -> dict:
+        from tunetrace.models import load_model
 
         row = {"task": name, "kind": kind, "budget": budget, "seed": seed, "selection": kind not in ("finetune", "lora")}
         if kind == "finetune":
@@ -265,30 +348,36 @@ class _Context:
                        trainable_params=_mlp_params(model.model) if self.settings.method == "mlp" else _all_params(model.model),
                        train_seconds=info.get("train_seconds"))
         else:
-            from tunetrace.finetuning import run_finetune
-
-            model = fresh_copy(self.base)
             settings = dataclasses.replace(self.settings, seed=seed, lr=self.train_lr)
             if kind == "lora":
-                r, _ = lora_rank_for(lora_target, model.model)
+                r, _ = lora_rank_for(lora_target, self.base.model)
                 settings = dataclasses.replace(settings, method="lora", lora_r=r, lora_alpha=2 * r)
-            scratch = self.out / "rows" / f"{rid}.finetune"
-            res = run_finetune(model, self._train(name, model), self._prompts(name), self._task(name), settings, scratch, resume=True,
-                               max_new_tokens=self.sizes.max_new_tokens, before=self._base_behaviour(name), selection=selection,
-                               mode="train-only" if selection is not None else "", extra_manifest={"data": f"builtin:{name}:train"})
+            model, res, scratch = self.train(name, rid, settings, selection, "train-only" if selection is not None else "")
             info = read_record(scratch).results
             params = info["selective"]["selected_params"] if selection is not None else \
                 sum(p.numel() for n, p in model.model.named_parameters() if "lora_" in n)
             row.update(behaviour=res.after, behaviour_before=res.before, trainable_params=int(params), train_seconds=res.seconds,
                        **({"lora_r": settings.lora_r} if kind == "lora" else {}),
                        **({"n_selected": len(selection), "neurons": selection.to_record()["neurons"]} if selection is not None else {}))
-        held_out = encode(model.tokenizer, self.sources[name]["eval"], 256)
-        row["heldout_loss"] = dataset_loss(model.model, held_out, model.tokenizer.pad_token_id)
-        with io.staged_dir(target, force=True, what="causal row") as stage:
-            io.write_json(stage / "row.json", row)
-        if kind != "finetune":
-            shutil.rmtree(self.out / "rows" / f"{rid}.finetune", ignore_errors=True)  # the checkpoint is not kept (size)
+        row["heldout_loss"] = self.heldout_loss(name, model)
         return row
+
+    def train(self, name: str, rid: str, settings, selection, mode: str):
+        """(model, result, checkpoint dir): a fresh copy of the base fine-tuned on the task into rows/RID.finetune.
+
+        The checkpoint is scratch (resumable while the row is unfinished); `discard` removes it once the row is written."""
+        from tunetrace.finetuning import run_finetune
+        from tunetrace.models import fresh_copy
+
+        model = fresh_copy(self.base)
+        scratch = self.out / "rows" / f"{rid}.finetune"
+        res = run_finetune(model, self._train(name, model), self._prompts(name), self._task(name), settings, scratch, resume=True,
+                           max_new_tokens=self.sizes.max_new_tokens, before=self._base_behaviour(name), selection=selection,
+                           mode=mode, extra_manifest={"data": f"builtin:{name}:train"})
+        return model, res, scratch
+
+    def discard(self, rid: str) -> None:
+        shutil.rmtree(self.out / "rows" / f"{rid}.finetune", ignore_errors=True)  # the checkpoint is not kept (size)
 
     def _task(self, name):
         from tunetrace.tasks import get_task
@@ -328,55 +417,3 @@ def _all_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def with_paired_loss(table: pd.DataFrame) -> pd.DataFrame:
-    """Add `loss_vs_random`: a selection's held-out loss minus random's at the same task, budget and seed (NaN without one).
-
-    Tasks differ in loss far more than selections do, so intervals over tasks of the raw loss hide what the paired difference shows."""
-    rand = table[table.kind == "random"].set_index(["task", "budget", "seed"]).heldout_loss
-    key = list(zip(table.task, table.budget, table.seed))
-    paired = [float(l - rand[k]) if s and k in rand.index else float("nan") for l, k, s in zip(table.heldout_loss, key, table.selection)]
-    return table.assign(loss_vs_random=paired)
-
-
-def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict:
-    """Mean behaviour rate and held-out loss per (kind, budget) with 95% intervals over tasks x seeds, and the sentence."""
-    cells = []
-    table = with_paired_loss(table)
-    for (kind, budget), g in table.groupby(["kind", "budget"], sort=False):
-        b, bl, bh = interval95(g.behaviour)
-        l, ll, lh = interval95(g.heldout_loss)
-        d, dl, dh = interval95(g.loss_vs_random)
-        cells.append({"loss_vs_random": d, "loss_vs_random_low": dl, "loss_vs_random_high": dh, "kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
-                      "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean())})
-    budget = "2%" if "2%" in budgets else budgets[-1]
-    at = {c["kind"]: c for c in cells if c["budget"] == budget}
-    real = [p for p in preds if p not in CONTROLS and p in at]
-    sentence = ""
-    if real:
-        best = max(real, key=lambda p: (at[p]["behaviour"], -at[p]["heldout_loss"]))
-        ctrl = ", ".join(f"{c}: {at[c]['behaviour']:.2f}" for c in CONTROLS if c in at)
-        sentence = (f"training only the top {budget} by {best} installs the behaviour at {at[best]['behaviour']:.2f}"
-                    f" ({ctrl}; mean over {at[best]['n']} task x seed runs)")
-    return {"cells": cells, "sentence": sentence, "sentence_budget": budget}
-
-
-def _fmt(m, lo, hi) -> str:
-    return f"{m:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
-
-
-def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
-    """The summary table (95% t-intervals over tasks x seeds) and the per-task rows."""
-    lines = [f"# Causal test, part 1 (train only): {settings['model']}, preset {settings['preset']}", "",
-             summary["sentence"] + "." if summary["sentence"] else "", "",
-             f"Tasks {', '.join(settings['tasks'])}; seeds {settings['seeds']}; selection layers {settings['layers']} "
-             f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}; train-only and LoRA rows at lr {settings['train_lr']}.", "",
-             "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | loss minus random's (paired) [95%] | trainable params |",
-             "|---|---|---|---|---|---|---|"]
-    for c in summary["cells"]:
-        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {_fmt(c['behaviour'], c['behaviour_low'], c['behaviour_high'])} | "
-                     f"{_fmt(c['heldout_loss'], c['loss_low'], c['loss_high'])} | {_fmt(c['loss_vs_random'], c['loss_vs_random_low'], c['loss_vs_random_high'])} | "
-                     f"{c['trainable_params']:,.0f} |")
-    lines += ["", "## Per run", "", "| task | selection | budget | seed | behaviour (base) | held-out loss | params |", "|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        lines.append(f"| {r.task} | {r.kind} | {r.budget} | {r.seed} | {r.behaviour:.2f} ({r.behaviour_before:.2f}) | {r.heldout_loss:.3f} | {r.trainable_params:,} |")
-    return "\n".join(lines) + "\n"

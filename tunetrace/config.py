@@ -800,9 +800,20 @@ class CausalConfig:
     """Override the preset's optimizer steps (0 = the preset's)."""
     train_lr: float = 0.0
     """Learning rate of the train-only and LoRA rows (0 = the reference fine-tune's); the reference keeps the preset's."""
+    parts: str = "train,protect,route"
+    """Parts to run: train (train only the top-K), protect (freeze a keep set's top-K), route (freeze the task's own top-K)."""
+    keep: str = "builtin:plain"
+    """Keep set of the protect part: builtin:plain (the same questions' correct answers) or a JSONL of what must not break."""
+    protect_budgets: str = "2%,8%"
+    """Shares (P%) or counts of each protected layer's neurons frozen (protect and route parts)."""
+    route_predictors: str = "iss_x_grad,abs_act,random"
+    """Selections whose top-K of the task's own audit the route part protects (audit predictors or random)."""
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)
+        bad = [p for p in self.parts.split(",") if p.strip() not in ("train", "protect", "route")]
+        if bad or not self.parts.strip():
+            raise ValueError(f"`parts` takes some of train,protect,route (comma-separated), got {self.parts!r}.")
         for name in ("threads", "lr", "steps", "train_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")

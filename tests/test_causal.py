@@ -34,6 +34,10 @@ def test_causal_pipeline_resume_and_refusal(tmp_path):
     again = run_causal(out=out, **KW)
     assert again["sentence"] == s["sentence"]
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "rows").glob("*/row.json")}
+    # a narrower rerun (here: random only) computes nothing and still summarises every finished row
+    run_causal(out=out, **{**KW, "predictors": "random"})
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "rows").glob("*/row.json")}
+    assert set(pd.read_parquet(out / "causal.parquet").kind) == set(t.kind)
     with pytest.raises(ValueError, match="different `finetune`"):
         run_causal(out=out, **{**KW, "finetune_overrides": {**KW["finetune_overrides"], "optimizer": "sgd"}})
     with pytest.raises(ValueError, match="different `train_lr`"):

@@ -189,9 +189,19 @@ def run_causal(
 
 
 def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir, run: bool = True) -> list[dict]:
-    """Part 1: one train-only row per seed x budget x selection (without `run`: only those already finished)."""
-    return [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
-            for seed in seeds for budget in budgets for pred in preds if run or ctx.finished(_row_id(name, pred, budget, seed))]
+    """Part 1: one train-only row per seed x budget x selection (without `run`: only those already finished).
+
+    Every other part-1 row already finished in OUT for this task is reported too, so a directory grown by
+    several invocations (another seed for some selections, another budget) is summarised whole."""
+    grid = [(pred, budget, seed) for seed in seeds for budget in budgets for pred in preds]
+    rows = [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
+            for pred, budget, seed in grid if run or ctx.finished(_row_id(name, pred, budget, seed))]
+    asked = {_row_id(name, *g) for g in grid}
+    for path in sorted((ctx.out / "rows").glob(f"{name}__*/row.json")):
+        rid = path.parent.name
+        if rid not in asked and rid.split("__")[1] in PREDICTORS + CONTROLS:
+            rows.append(io.read_json(path))
+    return rows
 
 
 def _write_tables(out, settings_record, rows, budgets, preds, protect, route, audits, oracles, layers) -> tuple[dict, list[str]]:

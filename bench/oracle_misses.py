@@ -9,6 +9,7 @@ measured on the calibration set (|a|, gate distance |z|/||w_gate||, |dL/da|, ISS
 share with a negative mean gate pre-activation, and where they sit by layer.
 
   python bench/oracle_misses.py RUN_DIR [--budget 0.5%] [--predictors iss_x_grad,iss,abs_act,attribution]
+      [--audit-run CAUSAL_DIR] [--tasks caps,greeting,signoff]
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ def percentiles(values: pd.Series) -> pd.Series:
     return values.rank(pct=True) * 100.0
 
 
-def analyse(run: Path, budget: str, predictors: list[str], extra: list[str]) -> pd.DataFrame:
+def analyse(run: Path, budget: str, predictors: list[str], extra: list[str], audit_run: Path | None = None, tasks: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for rec_path in sorted((run / "recruits").glob("*/recruits.parquet")):
         task = rec_path.parent.name
-        scores = pd.read_parquet(run / "audit" / task / "scores.parquet")
+        if tasks and task not in tasks:
+            continue
+        scores = pd.read_parquet((audit_run or run) / "audit" / task / "scores.parquet")
         recruits = pd.read_parquet(rec_path)
         for layer, rec in recruits.groupby("layer"):
             aud = scores[scores.layer == layer].set_index("neuron")
@@ -64,10 +67,12 @@ def main() -> None:
     ap.add_argument("--budget", default="0.5%")
     ap.add_argument("--predictors", default="iss_x_grad,iss,abs_act,attribution")
     ap.add_argument("--extra", default="", help="more audit columns to describe (e.g. a new predictor)")
+    ap.add_argument("--audit-run", type=Path, default=None, help="take the calibration audits from this run directory (e.g. a causal run)")
+    ap.add_argument("--tasks", default="", help="comma-separated tasks (default: every task with recruits)")
     a = ap.parse_args()
     preds = [p for p in a.predictors.split(",") if p]
     extra = [p for p in a.extra.split(",") if p]
-    t = analyse(a.run, a.budget, preds, extra)
+    t = analyse(a.run, a.budget, preds, extra, a.audit_run, [x for x in a.tasks.split(",") if x])
     o = t[t.oracle]
     print(f"{a.run}: budget {a.budget}; oracle neurons {len(o)} over {o.task.nunique()} tasks; "
           f"missed by every predictor ({', '.join(preds)}): {int(o.missed.sum())} ({o.missed.mean():.0%})")

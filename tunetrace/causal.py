@@ -88,16 +88,30 @@ def _same_rows(a: Path, b: Path) -> bool:
 
 PARTS = ("train", "protect", "route")
 
+GRIDS = {
+    # quick: the decided budget (0.5%) and one where random installs too (2%), the headline predictors, one seed,
+    # one protect budget: about 45 fine-tunes (~45 min on 2 idle cores for SmolLM2). full: everything, two seeds.
+    "quick": {"budgets": "0.5%,2%", "predictors": "iss_x_grad,abs_act,random,oracle", "seeds": "0",
+              "protect_budgets": "8%", "route_predictors": "iss_x_grad,random"},
+    "full": {"budgets": ",".join(DEFAULT_BUDGETS), "predictors": ",".join(PREDICTORS + ("random", "oracle")), "seeds": "0,1",
+             "protect_budgets": "2%,8%", "route_predictors": "iss_x_grad,abs_act,random"},
+}
+"""The preset's grid, used for every grid option left empty."""
+
+TRAIN_LR_FACTOR = 10.0
+"""Default train-only lr = 10x the reference fine-tune's: at the quick preset's own lr (5e-4, 10 steps) a train-only
+fine-tune installs nothing for any selection, the oracle included (SmolLM2, docs/causal.md), so the outcome cannot rank
+predictors; sparse fine-tunes commonly take a larger lr than dense ones."""
+
 
 def run_causal(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/causal", tasks: str = "caps,greeting,signoff",
-    budgets: str = ",".join(DEFAULT_BUDGETS), predictors: str = ",".join(PREDICTORS), seeds: str = "0", layers: str = "",
+    budgets: str = "", predictors: str = "", seeds: str = "", layers: str = "",
     reuse: str = "", lora: bool = True, device: str = "cpu", finetune_overrides: dict | None = None, config: object | None = None,
     train_lr: float = 0.0, parts: str = ",".join(PARTS), keep: str = "", protect_budgets: str = "", route_predictors: str = "",
 ) -> dict:
     """Run (or continue) the parts asked (train only, protect, route around) in `out`; return the summary (sentence, table paths)."""
-    from tunetrace.causal_protect import DEFAULT_KEEP, DEFAULT_PROTECT_BUDGETS, KEEP_AUDIT_DIR, keep_data, protect_layers
-    from tunetrace.causal_route import DEFAULT_ROUTE_PREDICTORS
+    from tunetrace.causal_protect import DEFAULT_KEEP, KEEP_AUDIT_DIR, keep_data, protect_layers
     from tunetrace.layerspec import resolve_layers
     from tunetrace.finetuning import settings_from
     from tunetrace.gated_mlp import gated_mlp_layers
@@ -107,11 +121,14 @@ def run_causal(
 
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
+    grid = GRIDS[preset]
+    budgets, predictors, seeds = budgets or grid["budgets"], predictors or grid["predictors"], seeds or grid["seeds"]
+    protect_budgets, route_predictors = protect_budgets or grid["protect_budgets"], route_predictors or grid["route_predictors"]
     names, budget_list, preds = parse_list(tasks), parse_list(budgets), parse_list(predictors)
     part_list = parse_list(parts)
     keep = keep or DEFAULT_KEEP
-    protect_list = parse_list(protect_budgets or ",".join(DEFAULT_PROTECT_BUDGETS))
-    route_preds = parse_list(route_predictors or ",".join(DEFAULT_ROUTE_PREDICTORS))
+    protect_list = parse_list(protect_budgets)
+    route_preds = parse_list(route_predictors)
     seed_list = [int(s) for s in parse_list(seeds)]
     for n in names:
         get_task(n)
@@ -131,13 +148,14 @@ def run_causal(
     for b in budget_list + protect_list:
         parse_top(b, d_mlp)  # a bad budget fails before any work
     settings = settings_from(preset, **(finetune_overrides or {}))
+    train_lr = train_lr or TRAIN_LR_FACTOR * settings.lr
     reuse_dir = Path(reuse) if reuse else None
     reused = check_reuse(reuse_dir, model, preset, dataclasses.asdict(settings), base.fingerprint) if reuse_dir else {}
     chosen = resolve_layers(layers, n_layers) if layers else list(reused.get("layers") or resolve_layers(sizes.layers, n_layers))
     player = protect_layers(settings.method, n_layers) if "protect" in part_list else None
     settings_record = {"model": model, "preset": preset, "tasks": names, "budgets": budget_list, "predictors": preds,
                        "seeds": seed_list, "layers": chosen, "finetune": dataclasses.asdict(settings), "lora": lora,
-                       "train_lr": train_lr or settings.lr, "parts": part_list, "keep": keep if "protect" in part_list else None,
+                       "train_lr": train_lr, "parts": part_list, "keep": keep if "protect" in part_list else None,
                        "protect_budgets": protect_list,
                        "route_predictors": route_preds, "protect_layers": player,
                        "sizes": dataclasses.asdict(sizes), "base_sha256": base.fingerprint, "reuse": str(reuse_dir) if reuse_dir else None}
@@ -157,7 +175,7 @@ def run_causal(
     sources, _ = write_task_data(out, names, sizes)
     write_record(out, new_record("causal", config, models={"model": base.manifest()}, results=settings_record, outputs=[]))
 
-    ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr or settings.lr)
+    ctx = _Context(out, base, sources, sizes, settings, chosen, reuse_dir, device, train_lr)
     keep_audit = ctx.audit_of(out / KEEP_AUDIT_DIR, keep_set.calibration, player, [p for p in preds if p in PREDICTORS]) \
         if keep_set is not None else None
     rows, protect, route, audits, oracles = [], [], [], {}, {}

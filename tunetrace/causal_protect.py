@@ -24,7 +24,6 @@ import pandas as pd
 from tunetrace import io
 
 DEFAULT_KEEP = "builtin:plain"
-DEFAULT_PROTECT_BUDGETS = ("2%", "8%")
 KEEP_AUDIT_DIR = "keep_audit"  # OUT/keep_audit: the keep set's audit at the protect layers
 
 

@@ -25,7 +25,6 @@ import pandas as pd
 
 from tunetrace import io
 
-DEFAULT_ROUTE_PREDICTORS = ("iss_x_grad", "abs_act", "random")
 RECRUITS_K = 50  # as `reproduce` (capped at the layer's unprotected neurons)
 PATHWAYS = ("redirect", "latent", "other")
 

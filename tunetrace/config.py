@@ -778,12 +778,13 @@ class CausalConfig:
     """Run directory; finished rows found there are skipped (resumable)."""
     tasks: str = "caps,greeting,signoff"
     """Comma-separated built-in tasks."""
-    budgets: str = "0.5%,2%,8%"
-    """Shares (P%) or counts of each selection layer's neurons that train."""
-    predictors: str = "iss_x_grad,iss,abs_act,attribution,lookahead,grad_weight,random,oracle"
-    """Selections: audit predictors (lookahead, grad_weight need the lookahead audit pass), random, oracle (the recruits)."""
-    seeds: str = "0"
-    """Comma-separated seeds (each train-only fine-tune and the random draw)."""
+    budgets: str = ""
+    """Shares (P%) or counts of each selection layer's neurons that train (empty = the preset's: quick 0.5%,2%; full 0.5%,2%,8%)."""
+    predictors: str = ""
+    """Selections: audit predictors (iss_x_grad, iss, abs_act, attribution, preact_sens; lookahead, grad_weight need the lookahead
+    audit pass), random, oracle (the recruits) (empty = the preset's: quick iss_x_grad,abs_act,random,oracle; full all)."""
+    seeds: str = ""
+    """Comma-separated seeds (each train-only fine-tune and the random draw) (empty = the preset's: quick 0; full 0,1)."""
     layers: str = ""
     """Selection layers (empty = those of --reuse, else the preset's audited depths)."""
     reuse: str = ""
@@ -799,15 +800,15 @@ class CausalConfig:
     steps: int = 0
     """Override the preset's optimizer steps (0 = the preset's)."""
     train_lr: float = 0.0
-    """Learning rate of the train-only and LoRA rows (0 = the reference fine-tune's); the reference keeps the preset's."""
+    """Learning rate of the train-only and LoRA rows (0 = 10x the reference fine-tune's); the reference keeps the preset's."""
     parts: str = "train,protect,route"
     """Parts to run: train (train only the top-K), protect (freeze a keep set's top-K), route (freeze the task's own top-K)."""
     keep: str = "builtin:plain"
     """Keep set of the protect part: builtin:plain (the same questions' correct answers) or a JSONL of what must not break."""
-    protect_budgets: str = "2%,8%"
-    """Shares (P%) or counts of each protected layer's neurons frozen (protect and route parts)."""
-    route_predictors: str = "iss_x_grad,abs_act,random"
-    """Selections whose top-K of the task's own audit the route part protects (audit predictors or random)."""
+    protect_budgets: str = ""
+    """Shares (P%) or counts of each protected layer's neurons frozen (protect and route parts) (empty = quick 8%; full 2%,8%)."""
+    route_predictors: str = ""
+    """Selections whose top-K of the task's own audit the route part protects (empty = quick iss_x_grad,random; full + abs_act)."""
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)

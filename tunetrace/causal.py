@@ -344,6 +344,15 @@ class _Context:
     def finished(self, rid: str) -> bool:
         return (self.out / "rows" / rid / "row.json").is_file()
 
+    def grid(self, name: str, part: str, preds: list[str], budgets: list[str], seeds: list[int], run: bool):
+        """(pred, budget, seed, row id) over a part's seeds x budgets x selections; without `run`, only the finished rows."""
+        for seed in seeds:
+            for budget in budgets:
+                for pred in preds:
+                    rid = _row_id(name, f"{part}-{pred}", budget, seed)
+                    if run or self.finished(rid):
+                        yield pred, budget, seed, rid
+
     def cached(self, rid: str, compute) -> dict:
         """rows/RID/row.json, computed once by `compute(stage)` (which may write more files into the staged row dir).
 

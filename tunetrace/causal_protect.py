@@ -158,27 +158,22 @@ def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: li
 
     rid = _row_id(name, "unprotected", "0", 0)
     rows = [{**ctx.cached(rid, unprotected), **ref_base}] if run or ctx.finished(rid) else []
-    for seed in seeds:
-        for budget in budgets:
-            for pred in preds:
-                rid = _row_id(name, f"protect-{pred}", budget, seed)
-                if not run and not ctx.finished(rid):
-                    continue
+    for pred, budget, seed, rid in ctx.grid(name, "protect", preds, budgets, seeds, run):
 
-                def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
-                    if pred == "random":
-                        sel = select_neurons("random", top=budget, layers=layers, model=ctx.base, seed=seed)
-                    else:
-                        sel = select_neurons(keep_audit, rank_by=pred, top=budget, layers=layers)
-                    settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr, not --train-lr
-                    model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
-                    return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
-                            "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
-                            "frozen_neurons": len(sel), "frozen_params": int(sel.table.shape[0] * 3 * ctx.d_model),
-                            "protected_identical": _identical(ctx.base, model, sel), "train_seconds": res.seconds,
-                            "neurons": sel.to_record()["neurons"], **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
+        def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+            if pred == "random":
+                sel = select_neurons("random", top=budget, layers=layers, model=ctx.base, seed=seed)
+            else:
+                sel = select_neurons(keep_audit, rank_by=pred, top=budget, layers=layers)
+            settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr, not --train-lr
+            model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
+            return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
+                    "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
+                    "frozen_neurons": len(sel), "frozen_params": int(sel.table.shape[0] * 3 * ctx.d_model),
+                    "protected_identical": _identical(ctx.base, model, sel), "train_seconds": res.seconds,
+                    "neurons": sel.to_record()["neurons"], **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
 
-                rows.append({**ctx.cached(rid, compute), **ref_base})
+        rows.append({**ctx.cached(rid, compute), **ref_base})
     return rows
 
 

@@ -31,31 +31,25 @@ PATHWAYS = ("redirect", "latent", "other")
 
 def route_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], audit_dir: Path, run: bool = True) -> list[dict]:
     """One protected fine-tune row per predictor x budget x seed (its recruits saved beside row.json); without `run`, the finished ones."""
-    from tunetrace.causal import _row_id
     from tunetrace.ground_truth import extract_recruits
     from tunetrace.models import load_model
 
     rows = []
-    for seed in seeds:
-        for budget in budgets:
-            for pred in preds:
-                rid = _row_id(name, f"route-{pred}", budget, seed)
-                if not run and not ctx.finished(rid):
-                    continue
+    for pred, budget, seed, rid in ctx.grid(name, "route", preds, budgets, seeds, run):
 
-                def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
-                    sel = ctx.selection(pred, budget, seed, audit_dir, None)
-                    settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr
-                    model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
-                    ft = load_model(str(scratch), device=ctx.device)
-                    rec = extract_recruits(ctx.base, ft, ctx.sources[name]["eval"], ctx.layers, k=RECRUITS_K)
-                    io.write_parquet(stage / "recruits.parquet", rec.table)
-                    return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
-                            "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
-                            "frozen_neurons": len(sel), "train_seconds": res.seconds, "definition": rec.summary["definition"],
-                            "thresholds": rec.summary["thresholds"], "neurons": sel.to_record()["neurons"]}
+        def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
+            sel = ctx.selection(pred, budget, seed, audit_dir, None)
+            settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr
+            model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
+            ft = load_model(str(scratch), device=ctx.device)
+            rec = extract_recruits(ctx.base, ft, ctx.sources[name]["eval"], ctx.layers, k=RECRUITS_K)
+            io.write_parquet(stage / "recruits.parquet", rec.table)
+            return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
+                    "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
+                    "frozen_neurons": len(sel), "train_seconds": res.seconds, "definition": rec.summary["definition"],
+                    "thresholds": rec.summary["thresholds"], "neurons": sel.to_record()["neurons"]}
 
-                rows.append(ctx.cached(rid, compute))
+        rows.append(ctx.cached(rid, compute))
     return rows
 
 

@@ -148,3 +148,38 @@ def test_two_process_selective_finetune_equals_single_process(tmp_path, mode):
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
     neurons = read_record(tmp_path / "ddp").results["selective"]["selection"]["neurons"]
     _check_checkpoint(tmp_path / "ddp", load_model("tiny-llama").model.state_dict(), neurons, mode)
+
+
+@pytest.mark.parametrize("mode", ["train-only", "protect"])
+def test_an_interrupt_during_the_final_evaluation_resumes(tmp_path, mode):
+    """A signal after the last step (during the behaviour evaluation of the merged model) leaves a resumable state."""
+    import tunetrace.finetuning as ft
+
+    settings = FinetuneSettings(method="mlp", steps=4, lr=1e-2, batch_size=4, save_every=10)
+    sel = select_neurons("random", top="10%", n_layers=4, d_mlp=128, seed=0, layers="0,2")
+    loaded = load_model("tiny-llama")
+    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:16]
+    prompts = [r["prompt"] for r in builtin_rows("greeting", "eval")][:2]
+    straight = run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / "straight", max_new_tokens=2, selection=sel, mode=mode)
+    real, calls = ft.behaviour_rate, {"n": 0}
+
+    def interrupted_after(*a, **k):  # the first call measures the base, the second the fine-tuned model
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    from tunetrace.interrupt import Interrupted
+
+    ft.behaviour_rate = interrupted_after
+    try:
+        with pytest.raises(Interrupted, match="after step 4/4"):
+            run_finetune(load_model("tiny-llama"), enc, prompts, get_task("greeting"), settings, tmp_path / "r", max_new_tokens=2, selection=sel, mode=mode)
+    finally:
+        ft.behaviour_rate = real
+    again = run_finetune(load_model("tiny-llama"), enc, prompts, get_task("greeting"), settings, tmp_path / "r", resume=True,
+                         max_new_tokens=2, selection=sel, mode=mode)
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "r" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.after == straight.after

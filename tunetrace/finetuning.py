@@ -302,7 +302,7 @@ def run_finetune(
     model.eval()  # no dropout: deterministic steps
     steps = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=f"finetune {task.name}",
                  leave=False, disable=not world.is_main)
-    done = step
+    done, merged = step, False
     try:
         for step in steps:
             with deferred_interrupts():  # a signal lands between steps: the saved state is never half a step
@@ -321,12 +321,17 @@ def run_finetune(
             barrier()
             return FinetuneResult(out, float("nan"), float("nan"), False, log_rows[-1]["loss"] if log_rows else float("nan"), 0.0)
         if selective is not None:
+            # the trained side-path state is saved before merging: an interrupt during the evaluation below must
+            # not save the merged model's parameters, which a resume of the selective run would refuse
+            _save_state(state, model, optimizer, done, log_rows, before)
             selective.merge()  # plain weights from here on: what is measured is what is saved
+            merged = True
         after = behaviour_rate(model, loaded.tokenizer, task, eval_prompts, max_new_tokens)
     except KeyboardInterrupt:
         if not world.is_main:
             raise
-        _save_state(state, model, optimizer, done, log_rows, before)
+        if not merged:
+            _save_state(state, model, optimizer, done, log_rows, before)
         raise Interrupted(f"fine-tune interrupted after step {done}/{settings.steps}; its state is saved in {state}") from None
     installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
     final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))

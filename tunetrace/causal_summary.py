@@ -91,7 +91,7 @@ def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
     """The summary table (95% t-intervals over tasks x seeds) and the per-task rows."""
     lines = [f"# Causal test: {settings['model']}, preset {settings['preset']}", "", "## Part 1: train only", "",
              summary["sentence"] + "." if summary["sentence"] else "", "",
-             f"Tasks {', '.join(settings['tasks'])}; seeds {settings['seeds']}; selection layers {settings['layers']} "
+             f"Tasks {', '.join(settings['tasks'])}; seeds in the table {sorted(int(s) for s in table.seed.unique())}; selection layers {settings['layers']} "
              f"(budget = share of each of these layers' neurons); fine-tune {settings['finetune']}; train-only and LoRA rows at lr {settings['train_lr']}.", "",
              "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | loss minus random's (paired) [95%] | trainable params |",
              "|---|---|---|---|---|---|---|"]

@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunetrace import io
+from tunetrace.causal_rows import row_id
 from tunetrace.causal_summary import CONTROLS, summarize, summary_markdown
 from tunetrace.records import find_record, new_record, read_record, write_record
 
@@ -64,10 +65,6 @@ def lora_rank_for(target_params: int, model) -> tuple[int, int]:
             per_r += mod.in_features + mod.out_features
     r = max(1, round(target_params / per_r))
     return r, r * per_r
-
-
-def _row_id(task: str, kind: str, budget: str, seed: int) -> str:
-    return f"{task}__{kind}__{budget.replace('%', 'pct').replace('.', 'p')}__s{seed}"
 
 
 def check_reuse(reuse: Path, model: str, preset: str, settings: dict, fingerprint: str) -> dict:
@@ -188,7 +185,7 @@ def run_causal(
         # a part not asked for still reports its rows already finished here (so a resume with fewer parts keeps the tables whole)
         run = "train" in part_list
         rows += _train_rows(ctx, name, preds, budget_list, seed_list, audits[name], oracles.get(name), run)
-        if lora and (run or ctx.finished(_row_id(name, "lora", LORA_BUDGET, 0))):
+        if lora and (run or ctx.finished(row_id(name, "lora", LORA_BUDGET, 0))):
             target = train_only_params(d_model, parse_top(LORA_BUDGET, d_mlp), len(chosen))
             rows.append(ctx.row(name, "lora", LORA_BUDGET, 0, None, lora_target=target))
         from tunetrace.causal_protect import protect_rows
@@ -213,8 +210,8 @@ def _train_rows(ctx, name, preds, budgets, seeds, audit_dir, rec_dir, run: bool 
     several invocations (another seed for some selections, another budget) is summarised whole."""
     grid = [(pred, budget, seed) for seed in seeds for budget in budgets for pred in preds]
     rows = [ctx.row(name, pred, budget, seed, ctx.selection(pred, budget, seed, audit_dir, rec_dir))
-            for pred, budget, seed in grid if run or ctx.finished(_row_id(name, pred, budget, seed))]
-    asked = {_row_id(name, *g) for g in grid}
+            for pred, budget, seed in grid if run or ctx.finished(row_id(name, pred, budget, seed))]
+    asked = {row_id(name, *g) for g in grid}
     for path in sorted((ctx.out / "rows").glob(f"{name}__*/row.json")):
         rid = path.parent.name
         if rid not in asked and rid.split("__")[1] in PREDICTORS + CONTROLS:
@@ -338,7 +335,7 @@ class _Context:
 
     def row(self, name: str, kind: str, budget: str, seed: int, selection, lora_target: int = 0) -> dict:
         """One finished run's row (behaviour rate, held-out loss, trainable parameters), computed once."""
-        rid = _row_id(name, kind, budget, seed)
+        rid = row_id(name, kind, budget, seed)
         return self.cached(rid, lambda stage: self._train_row(name, kind, budget, seed, selection, lora_target, rid))
 
     def finished(self, rid: str) -> bool:
@@ -349,7 +346,7 @@ class _Context:
         for seed in seeds:
             for budget in budgets:
                 for pred in preds:
-                    rid = _row_id(name, f"{part}-{pred}", budget, seed)
+                    rid = row_id(name, f"{part}-{pred}", budget, seed)
                     if run or self.finished(rid):
                         yield pred, budget, seed, rid
 

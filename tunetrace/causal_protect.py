@@ -138,7 +138,7 @@ def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: li
     Without `run`, only the rows already finished (no keep set or keep audit needed)."""
     from tunetrace.models import load_model
     from tunetrace.selective import select_neurons
-    from tunetrace.causal import _row_id
+    from tunetrace.causal_rows import row_id
 
     if not run and not ctx.finished("base__keep"):
         return []
@@ -156,7 +156,7 @@ def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: li
                 "frozen_neurons": 0, "frozen_params": 0, "protected_identical": True,
                 **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
 
-    rid = _row_id(name, "unprotected", "0", 0)
+    rid = row_id(name, "unprotected", "0", 0)
     rows = [{**ctx.cached(rid, unprotected), **ref_base}] if run or ctx.finished(rid) else []
     for pred, budget, seed, rid in ctx.grid(name, "protect", preds, budgets, seeds, run):
 

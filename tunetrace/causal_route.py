@@ -72,14 +72,14 @@ def recruits_without(table: pd.DataFrame, removed: dict[int, list[int]], k: int,
 
 def route_analysis(out: Path, rows: list[dict], audits: dict[str, Path], unprotected: dict[str, Path], layers: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(route table with pathway counts and overlap, hits table: row x layer x predictor) for every finished route row."""
-    from tunetrace.causal import _row_id
+    from tunetrace.causal_rows import row_id
     from tunetrace.evaluation import AuditRun, RecruitRun, evaluate_runs
 
     table_rows, hits = [], []
     for r in rows:
         removed = {int(k): v for k, v in r["neurons"].items()}
         q = r["thresholds"]
-        rid = _row_id(r["task"], f"route-{r['kind']}", r["budget"], r["seed"])
+        rid = row_id(r["task"], f"route-{r['kind']}", r["budget"], r["seed"])
         raw = pd.read_parquet(out / "rows" / rid / "recruits.parquet")
         raw = raw[raw.layer.isin(layers)]
         ours = recruits_without(raw, removed, RECRUITS_K, r["definition"], q["act_quantile"], q["z_quantile"])

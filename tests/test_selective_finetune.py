@@ -78,13 +78,18 @@ def test_cli_selective_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _greeting_data(loaded):
+    """The small greeting fine-tune the resume tests share: 16 training examples, 2 behaviour prompts."""
+    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:16]
+    return enc, [r["prompt"] for r in builtin_rows("greeting", "eval")][:2]
+
+
 def _interrupted(tmp_path, settings, sel, mode, after_batches=3):
     """Run until the (after_batches+1)-th batch raises, as a killed process would stop."""
     import tunetrace.finetuning as ft
 
     loaded = load_model("tiny-llama")
-    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:16]
-    prompts = [r["prompt"] for r in builtin_rows("greeting", "eval")][:2]
+    enc, prompts = _greeting_data(loaded)
     real, calls = ft.collate, {"n": 0}
 
     def flaky(*a, **k):
@@ -107,8 +112,7 @@ def test_resume_continues_the_same_run_and_refuses_another_selection(tmp_path, m
     settings = FinetuneSettings(method="mlp", steps=6, lr=1e-2, batch_size=4, save_every=3)
     sel = select_neurons("random", top="10%", n_layers=4, d_mlp=128, seed=0, layers="0,2")
     loaded = load_model("tiny-llama")
-    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:16]
-    prompts = [r["prompt"] for r in builtin_rows("greeting", "eval")][:2]
+    enc, prompts = _greeting_data(loaded)
     run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / "straight", max_new_tokens=2, selection=sel, mode=mode)
 
     _interrupted(tmp_path, settings, sel, mode)
@@ -158,8 +162,7 @@ def test_an_interrupt_during_the_final_evaluation_resumes(tmp_path, mode):
     settings = FinetuneSettings(method="mlp", steps=4, lr=1e-2, batch_size=4, save_every=10)
     sel = select_neurons("random", top="10%", n_layers=4, d_mlp=128, seed=0, layers="0,2")
     loaded = load_model("tiny-llama")
-    enc = encode(loaded.tokenizer, load_examples("builtin:greeting:train"), 128)[:16]
-    prompts = [r["prompt"] for r in builtin_rows("greeting", "eval")][:2]
+    enc, prompts = _greeting_data(loaded)
     straight = run_finetune(loaded, enc, prompts, get_task("greeting"), settings, tmp_path / "straight", max_new_tokens=2, selection=sel, mode=mode)
     real, calls = ft.behaviour_rate, {"n": 0}
 

@@ -353,7 +353,8 @@ def run_finetune(
     }
     with io.staged_dir(out, force=True, what="fine-tune") as stage:
         if settings.method == "lora":
-            model.save_pretrained(stage)
+            # the LoRA targets no embedding: saying so skips peft's Hub lookup for the base config (offline it warns, online it waits)
+            model.save_pretrained(stage, save_embedding_layers=False)
         else:
             save_checkpoint(unwrap_model(model), loaded.tokenizer, stage)
         io.write_jsonl(stage / "train_log.jsonl", log_rows)

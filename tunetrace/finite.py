@@ -44,7 +44,7 @@ def check_finite_scores(frame_or_tensors: object, what: str) -> None:
         frame = frame_or_tensors
         numeric = frame.select_dtypes("number")
         for column in numeric.columns:
-            values = torch.as_tensor(numeric[column].to_numpy(dtype="float64"))
+            values = torch.from_numpy(numeric[column].to_numpy(dtype="float64", copy=True))  # a writable copy: torch warns on a read-only view
             bad = ~torch.isfinite(values)
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])

@@ -111,6 +111,15 @@ def test_decided_budget_rule():
     assert budget == "0.5%" and "no random control" in rule
 
 
+def test_the_sentence_counts_every_selection_in_the_table_not_only_the_asked_ones():
+    from tunetrace.causal_summary import summarize
+
+    rows = [{"task": t, "kind": k, "budget": "0.5%", "seed": 0, "selection": True, "behaviour": r, "heldout_loss": 1.0 - r / 2,
+             "trainable_params": 50} for t in ("a", "b") for k, r in (("abs_act", 1.0), ("random", 0.0))]
+    s = summarize(pd.DataFrame(rows), ["0.5%"], ["abs_act"])  # a later invocation that asked only abs_act
+    assert s["sentence_rule"] == DECIDED_RULE and "random: 0.00" in s["sentence"]
+
+
 PROTECT = dict(KW, tasks="caps", predictors="iss_x_grad,abs_act", lora=False, parts="protect,route", protect_budgets="8%",
                route_predictors="iss_x_grad,random")
 

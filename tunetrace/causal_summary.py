@@ -47,6 +47,8 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
         d, dl, dh = interval95(g.loss_vs_random)
         cells.append({"loss_vs_random": d, "loss_vs_random_low": dl, "loss_vs_random_high": dh, "kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
                       "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean())})
+    # every selection in the table counts, not only this invocation's: a directory grown by several runs is summarised whole
+    preds = list(dict.fromkeys(list(preds) + list(table.loc[table.selection.astype(bool), "kind"]))) if "selection" in table else list(preds)
     budget, rule = decided_budget(cells, preds)
     at = {c["kind"]: c for c in cells if c["budget"] == budget}
     real = [p for p in preds if p not in CONTROLS and p in at]

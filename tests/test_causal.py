@@ -118,6 +118,8 @@ def test_the_sentence_counts_every_selection_in_the_table_not_only_the_asked_one
              "trainable_params": 50} for t in ("a", "b") for k, r in (("abs_act", 1.0), ("random", 0.0))]
     s = summarize(pd.DataFrame(rows), ["0.5%"], ["abs_act"])  # a later invocation that asked only abs_act
     assert s["sentence_rule"] == DECIDED_RULE and "random: 0.00" in s["sentence"]
+    saturated = summarize(pd.DataFrame([r | {"behaviour": 1.0} for r in rows]), ["0.5%"], ["abs_act"])
+    assert "lower --train-lr" in saturated["sentence_rule"]  # the user is told what may decide it
 
 
 PROTECT = dict(KW, tasks="caps", predictors="iss_x_grad,abs_act", lora=False, parts="protect,route", protect_budgets="8%",

@@ -50,6 +50,8 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
     # every selection in the table counts, not only this invocation's: a directory grown by several runs is summarised whole
     preds = list(dict.fromkeys(list(preds) + list(table.loc[table.selection.astype(bool), "kind"]))) if "selection" in table else list(preds)
     budget, rule = decided_budget(cells, preds)
+    if "random is not below" in rule:  # on Gemma-3 a 10x lr overshoots: random neurons install as well as the recruits
+        rule += "; a smaller budget or a lower --train-lr may decide it (docs/causal.md, the train-only lr)"
     at = {c["kind"]: c for c in cells if c["budget"] == budget}
     real = [p for p in preds if p not in CONTROLS and p in at]
     sentence = ""

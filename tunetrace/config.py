@@ -779,12 +779,12 @@ class CausalConfig:
     tasks: str = "caps,greeting,signoff"
     """Comma-separated built-in tasks."""
     budgets: str = ""
-    """Shares (P%) or counts of each selection layer's neurons that train (empty = the preset's: quick 0.5%,2%; full 0.5%,2%,8%)."""
+    """Shares (P%) or counts of each selection layer's neurons that train (empty = the preset's: quick 0.5%,2%; full 0.5%)."""
     predictors: str = ""
     """Selections: audit predictors (iss_x_grad, iss, abs_act, attribution, preact_sens; lookahead, grad_weight need the lookahead
-    audit pass), random, oracle (the recruits) (empty = the preset's: quick iss_x_grad,abs_act,random,oracle; full all)."""
+    audit pass), random, oracle (the recruits) (empty = the preset's, quick and full: iss_x_grad,abs_act,random,oracle)."""
     seeds: str = ""
-    """Comma-separated seeds (each train-only fine-tune and the random draw) (empty = the preset's: quick 0; full 0,1)."""
+    """Comma-separated seeds (each train-only fine-tune and the random draw) (empty = the preset's: 0)."""
     layers: str = ""
     """Selection layers (empty = those of --reuse, else the preset's audited depths)."""
     reuse: str = ""
@@ -800,15 +800,15 @@ class CausalConfig:
     steps: int = 0
     """Override the preset's optimizer steps (0 = the preset's)."""
     train_lr: float = 0.0
-    """Learning rate of the train-only and LoRA rows (0 = 10x the reference fine-tune's); the reference keeps the preset's."""
+    """Learning rate of the train-only and LoRA rows (0 = 10x the reference fine-tune's; too high for Gemma-3, use 1x there: docs/causal.md); the reference keeps the preset's."""
     parts: str = "train,protect,route"
     """Parts to run: train (train only the top-K), protect (freeze a keep set's top-K), route (freeze the task's own top-K)."""
     keep: str = "builtin:plain"
     """Keep set of the protect part: builtin:plain (the same questions' correct answers) or a JSONL of what must not break."""
     protect_budgets: str = ""
-    """Shares (P%) or counts of each protected layer's neurons frozen (protect and route parts) (empty = quick 8%; full 2%,8%)."""
+    """Shares (P%) or counts of each protected layer's neurons frozen (protect and route parts) (empty = the preset's: 8%)."""
     route_predictors: str = ""
-    """Selections whose top-K of the task's own audit the route part protects (empty = quick iss_x_grad,random; full + abs_act)."""
+    """Selections whose top-K of the task's own audit the route part protects (empty = quick iss_x_grad,random; full iss_x_grad)."""
 
     def __post_init__(self) -> None:
         _check_choice("preset", self.preset, PRESETS)

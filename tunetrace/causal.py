@@ -101,7 +101,8 @@ GRIDS = {
 TRAIN_LR_FACTOR = 10.0
 """Default train-only lr = 10x the reference fine-tune's: at the quick preset's own lr (5e-4, 10 steps) a train-only
 fine-tune installs nothing for any selection, the oracle included (SmolLM2, docs/causal.md), so the outcome cannot rank
-predictors; sparse fine-tunes commonly take a larger lr than dense ones."""
+predictors; sparse fine-tunes commonly take a larger lr than dense ones. It overshoots on Gemma-3 (random neurons install as
+well as the audit's; 1x decides there): the right lr is per model, and `--train-lr` sets it."""
 
 
 def run_causal(

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 PREDICTORS = ("iss_x_grad", "iss", "abs_act", "attribution", "preact_sens", "lookahead", "grad_weight")
 LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")
-DEFAULT_BUDGETS = ("0.5%", "2%", "8%")
 LORA_BUDGET = "2%"  # the LoRA reference matches this budget's parameter count
 
 

@@ -50,7 +50,7 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
     # every selection in the table counts, not only this invocation's: a directory grown by several runs is summarised whole
     preds = list(dict.fromkeys(list(preds) + list(table.loc[table.selection.astype(bool), "kind"]))) if "selection" in table else list(preds)
     budget, rule = decided_budget(cells, preds)
-    if "random is not below" in rule:  # on Gemma-3 a 10x lr overshoots: random neurons install as well as the recruits
+    if NOT_BELOW in rule:  # on Gemma-3 a 10x lr overshoots: random neurons install as well as the recruits
         rule += "; a smaller budget or a lower --train-lr may decide it (docs/causal.md, the train-only lr)"
     at = {c["kind"]: c for c in cells if c["budget"] == budget}
     real = [p for p in preds if p not in CONTROLS and p in at]
@@ -64,6 +64,8 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
 
 
 DECIDED_RULE = "the smallest budget where random's behaviour rate is below the best predictor's"
+NOT_BELOW = "random is not below the best predictor at any budget"
+"""decided_budget's fallback reason when every budget saturates (random as good as the best predictor)."""
 
 
 def decided_budget(cells: list[dict], preds: list[str], measure: str = "behaviour", size: str = "trainable_params",
@@ -83,7 +85,7 @@ def decided_budget(cells: list[dict], preds: list[str], measure: str = "behaviou
         best = max((at[p] for p in real if p in at and not math.isnan(at[p])), default=float("nan"))
         if "random" in at and at["random"] < best:
             return budget, rule
-    why = "no random control" if not any(c["kind"] == "random" for c in sel) else "random is not below the best predictor at any budget"
+    why = "no random control" if not any(c["kind"] == "random" for c in sel) else NOT_BELOW
     return order[0], f"fallback, the smallest budget ({why})"
 
 

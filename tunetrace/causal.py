@@ -147,7 +147,7 @@ def run_causal(
 
     for b in budget_list + protect_list:
         parse_top(b, d_mlp)  # a bad budget fails before any work
-    settings = settings_from(preset, **(finetune_overrides or {}))
+    settings = settings_from(preset, base.model, **(finetune_overrides or {}))
     train_lr = train_lr or TRAIN_LR_FACTOR * settings.lr
     reuse_dir = Path(reuse) if reuse else None
     reused = check_reuse(reuse_dir, model, preset, dataclasses.asdict(settings), base.fingerprint) if reuse_dir else {}

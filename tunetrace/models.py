@@ -28,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tunetrace import io, model_files
+from tunetrace import io, model_files, part_models
 from tunetrace.choices import DTYPE_NAMES
 from tunetrace.finite import check_finite_weights
 from tunetrace.gated_mlp import gated_mlp_layers
@@ -62,6 +62,8 @@ def _gemma3_gguf() -> Path:
 BUILTIN_GGUF = {
     "smollm2-135m-instruct": _smollm2_gguf,
     "gemma3-270m": _gemma3_gguf,
+    # installed on demand (`tunetrace models install NAME`), never by the default set-up
+    **{name: (lambda name=name: part_models.resolve(name)) for name in part_models.PART_MODELS},
 }
 BUILTIN_MODELS = tuple(BUILTIN_GGUF) + TINY_MODELS
 
@@ -268,8 +270,8 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, **from_pretrained):
     """Dequantize a GGUF once into a cached safetensors checkpoint, then load that."""
     if not gguf.exists():
         raise ModelSpecError(f"GGUF file {gguf} does not exist.")
-    stat = gguf.stat()
-    key = io.sha256_bytes(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())[:16]
+    # keyed by content (hashed once, memoised by path, size and mtime): a new clone or venv reuses the cache
+    key = model_files.files_sha256([gguf])[:16]
     cached = cache_root() / "gguf" / f"{gguf.stem}-{key}"
     if not (cached / "tunetrace_source.json").exists():
         _dequantize_to_cache(gguf, cached)
@@ -300,7 +302,7 @@ def _dequantize_to_cache(gguf: Path, cached: Path) -> None:
         raise ModelSpecError(f"could not read GGUF file {gguf} ({first}): it is truncated or corrupt; download it again.") from None
     with io.staged_dir(cached, force=True, what="cache") as stage:
         save_checkpoint(model, tokenizer, stage)
-        io.write_json(stage / "tunetrace_source.json", {"gguf": str(gguf), "gguf_sha256": io.sha256_file(gguf)})
+        io.write_json(stage / "tunetrace_source.json", {"gguf": str(gguf), "gguf_sha256": model_files.files_sha256([gguf])})
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

@@ -95,13 +95,12 @@ def base_behaviour(loaded: LoadedModel, tasks: list[str], preset: ReproducePrese
 
 def run_reproduce(
     model: str = "smollm2-135m-instruct", preset: str = "quick", out: str | Path = "runs/reproduce", tasks: str = "all",
-    layers: str = "", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu",
+    layers: str = "", layer: int | None = None, k: int = 50, seed: int = 0, device: str = "cpu", dtype: str = "float32",
     finetune_overrides: dict | None = None, config: object | None = None,
 ) -> ReproduceResult:
     """Run (or continue) the experiment in `out`; return the headline sentence."""
     out = Path(out)
     sizes = REPRODUCE_PRESETS[preset]
-    settings = dataclasses.replace(settings_from(preset, **(finetune_overrides or {})), seed=seed)
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     for n in names:
         get_task(n)
@@ -112,7 +111,8 @@ def run_reproduce(
         io.write_json(out / "times.json", times)
 
     t0 = time.perf_counter()
-    base = load_model(model, device=device)
+    base = load_model(model, dtype=dtype, device=device)
+    settings = dataclasses.replace(settings_from(preset, base.model, **(finetune_overrides or {})), seed=seed)
     n_layers = len(gated_mlp_layers(base.model))
     head_layer = layer if layer is not None else headline_layer(n_layers)
     chosen = sorted(set(resolve_layers(layers or sizes.layers, n_layers)) | ({head_layer} if not layers else set()))
@@ -126,12 +126,12 @@ def run_reproduce(
         if previous_record.command != "reproduce":
             raise ValueError(f"{out} holds a `{previous_record.command}` run, not a reproduction: pass a fresh --out.")
         previous = previous_record.results
-        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k),
+        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k), ("dtype", dtype),
                          ("layers", chosen), ("layer", head_layer), ("base_sha256", base.fingerprint)):
             if previous.get(key, now) != now:
                 raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
     sources, check = write_task_data(out, names, sizes)
-    settings_record = {"model": model, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k, "seed": seed,
+    settings_record = {"model": model, "dtype": dtype, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k, "seed": seed,
                        "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check,
                        "base_sha256": base.fingerprint}
     base_entry = base.manifest()
@@ -168,7 +168,7 @@ def run_reproduce(
         target = out / "recruits" / name
         if not _stage_done(target):
             start = time.perf_counter()
-            ft = load_model(str(out / "finetune" / name), device=device)
+            ft = load_model(str(out / "finetune" / name), dtype=dtype, device=device)
             result = extract_recruits(base, ft, sources[name]["eval"], chosen, k=k)
             info = finished_info(out / "finetune" / name)
             write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})

@@ -14,13 +14,13 @@ def run(config) -> int:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    settings = settings_from(config.preset, method=config.method, steps=config.steps, lr=config.lr, optimizer=config.optimizer,
-                             seed=config.seed, batch_size=config.batch_size, save_every=config.save_every)
     out = Path(config.out)
     io.check_out_dir(out, force=True, what="fine-tune output", inputs=io.input_paths(config))  # replaceable, writable: before any work
     if is_finished(out) and not (config.force or config.resume):
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
     loaded = load_model(config.model, dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
+    settings = settings_from(config.preset, loaded.model, method=config.method, steps=config.steps, lr=config.lr,
+                             optimizer=config.optimizer, seed=config.seed, batch_size=config.batch_size, save_every=config.save_every)
     task, encoded, prompts, name = resolve_training_data(config, loaded.tokenizer)
     selection = None
     if config.neurons:

@@ -14,7 +14,7 @@ def run(config) -> int:
         torch.set_num_threads(config.threads)
     layer = None if config.layer == -1 else config.layer
     result = run_reproduce(config.model, config.preset, config.out, config.tasks, config.layers, layer, config.k, config.seed,
-                           config.device, finetune_overrides=config.finetune_overrides(), config=config)
+                           config.device, config.dtype, finetune_overrides=config.finetune_overrides(), config=config)
     print(result.sentence)
     print(f"table: {result.table_path}")
     if not config.no_report:

@@ -105,3 +105,27 @@ def test_cli_finetune_user_data_and_errors(tmp_path, capsys):
     assert "exactly one" in capsys.readouterr().err
     assert main(["finetune", "tiny-llama", "--task", "caps", "--method", "bogus", "--out", str(tmp_path / "x")]) == 2
     assert "method" in capsys.readouterr().err
+
+
+def test_quick_preset_trains_lora_where_an_mlp_finetune_cannot_fit(monkeypatch):
+    from tunetrace import finetuning
+
+    model = load_model("tiny-llama").model
+    small = finetuning.settings_from("quick", model)
+    assert (small.method, small.lr) == ("mlp", finetuning.PRESETS["quick"].lr)
+    monkeypatch.setattr(finetuning, "QUICK_MLP_LIMIT_BYTES", finetuning.mlp_finetune_bytes(model) - 1)
+    big = finetuning.settings_from("quick", model)
+    assert (big.method, big.lr) == ("lora", finetuning.PRESETS["quick"].lr * finetuning.LORA_LR_FACTOR)
+    assert finetuning.settings_from("quick", model, method="mlp").method == "mlp"  # an explicit method wins
+    assert finetuning.settings_from("quick", model, lr=1e-3).lr == 1e-3
+
+
+def test_a_finetune_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch):
+    from tunetrace import memory
+
+    loaded = load_model("tiny-llama")
+    train = encode(loaded.tokenizer, load_examples("builtin:caps:train"), 256)[:8]
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    with pytest.raises(memory.BatchTooLargeError, match=r"mlp fine-tune needs about .* use --method lora or --dtype bfloat16"):
+        run_finetune(loaded, train, ["hi"], get_task("caps"), FinetuneSettings(method="mlp", steps=1), tmp_path / "ft")
+    assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").iterdir())

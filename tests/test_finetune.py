@@ -129,3 +129,20 @@ def test_a_finetune_that_cannot_fit_is_refused_before_training(tmp_path, monkeyp
     with pytest.raises(memory.BatchTooLargeError, match=r"mlp fine-tune needs about .* use --method lora or --dtype bfloat16"):
         run_finetune(loaded, train, ["hi"], get_task("caps"), FinetuneSettings(method="mlp", steps=1), tmp_path / "ft")
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").iterdir())
+
+
+def test_lora_with_restore_base_leaves_the_base_untouched(tmp_path):
+    from tunetrace.models import fresh_copy
+
+    loaded = fresh_copy(load_model("tiny-llama"))
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    train = encode(loaded.tokenizer, load_examples("builtin:caps:train"), 256)[:8]
+    r = run_finetune(loaded, train, ["hi"], get_task("caps"), FinetuneSettings(method="lora", steps=2, lr=1e-2, batch_size=4),
+                     tmp_path / "ft", max_new_tokens=2, restore_base=True)
+    assert (r.out / "adapter_model.safetensors").is_file()
+    after = dict(loaded.model.named_parameters())
+    assert set(after) == set(before) and not any("lora" in n for n in after)
+    for n, p in after.items():
+        assert torch.equal(p, before[n]), n
+    with pytest.raises(ValueError, match="restore_base"):
+        run_finetune(loaded, train, ["hi"], get_task("caps"), FinetuneSettings(method="mlp", steps=1), tmp_path / "ft2", restore_base=True)

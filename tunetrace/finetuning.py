@@ -256,11 +256,16 @@ def run_finetune(
     config: object | None = None,
     selection: NeuronSelection | None = None,
     mode: str = "",
+    restore_base: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `loaded.model` in place on `train`; write the checkpoint/adapter, log and behaviour rates to `out`.
 
     With a `selection`, `mode` ('train-only' or 'protect', tunetrace.selective) applies to the prepared model.
+    `restore_base` (LoRA only): take the adapters out again afterwards, so `loaded.model` is the untouched base and
+    a caller need not keep a copy of a large model (LoRA never changes the base weights).
     """
+    if restore_base and settings.method != "lora":
+        raise ValueError("`restore_base` needs a LoRA fine-tune: other methods change the base weights in place.")
     out, state = Path(out), partial_dir(Path(out))
     identity = run_identity(loaded, train, task, settings)
     if resume and not force and (is_finished(out) or (state / "progress.json").exists()):
@@ -370,6 +375,8 @@ def run_finetune(
         barrier()
     if not installed:
         log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
+    if restore_base:
+        model.unload()  # peft: the original modules back in place, base weights as they were
     return FinetuneResult(out, before["rate"], after.rate, installed, final_loss, info["train_seconds"])
 
 

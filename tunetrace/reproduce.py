@@ -154,12 +154,16 @@ def run_reproduce(
         timed("base_behaviour", start)
     for name in pending:  # 3. fine-tune each task (resuming an interrupted run)
         start = time.perf_counter()
-        fresh = fresh_copy(base)  # the fine-tune changes its model in place; the base stays as loaded
+        # the fine-tune changes its model in place; the base stays as loaded (LoRA trains adapters beside the base
+        # weights and takes them out again, so a large model is never held twice)
+        lora = settings.method == "lora"
+        fresh = base if lora else fresh_copy(base)
         train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
         prompts = [r["prompt"] for r in builtin_rows(name, "eval")]
         prompts = [p for p in prompts if get_task(name).applies(p)][: sizes.n_behaviour]
         r = run_finetune(fresh, train, prompts, get_task(name), settings, out / "finetune" / name, resume=True,
-                         max_new_tokens=sizes.max_new_tokens, before=before.get(name), extra_manifest={"data": f"builtin:{name}:train"})
+                         max_new_tokens=sizes.max_new_tokens, before=before.get(name), extra_manifest={"data": f"builtin:{name}:train"},
+                         restore_base=lora)
         log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, "installed" if r.installed else "NOT installed")
         del fresh
         timed("finetune", start)

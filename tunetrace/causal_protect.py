@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tunetrace import io
 from tunetrace.causal_summary import cell_of, interval95, neuron_weights, paired_vs_random
 
 if TYPE_CHECKING:

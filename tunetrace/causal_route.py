@@ -17,7 +17,6 @@ both runs are compared on the same candidates.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -19,7 +19,7 @@ from tunetrace import io
 from tunetrace.causal_rows import row_id
 from tunetrace.choices import LOOKAHEAD_COLUMNS
 from tunetrace.data import DataSource
-from tunetrace.experiment import behaviour_prompts, reference_finetune, stage_done, task_train_data
+from tunetrace.experiment import behaviour_prompts, reference_finetune, stage_done
 from tunetrace.finetuning import FinetuneResult, FinetuneSettings
 from tunetrace.models import LoadedModel
 from tunetrace.records import read_record

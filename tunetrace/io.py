@@ -158,6 +158,18 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Parse a JSONL file tunetrace wrote (blank lines skipped); a corrupt line fails with a line naming the file and line."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON ({err.msg}): the file is corrupt; rerun the command that wrote it.") from None
+    return rows
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

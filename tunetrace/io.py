@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 MARKER = ".tunetrace-output"  # JSON {"written": [top-level names]} in every staged output directory
-ADDED_LATER = ("report.html", "link.parquet", "link.json", "run.json")  # tunetrace files added to a finished output
+ADDED_LATER = ("report.html", "link", "link.parquet", "link.json", "run.json")  # added to a finished output (features-link: link/; before: link.*)
 # Record files that mark an output written before the marker existed.
 LEGACY_RECORDS = ("manifest.json", "summary.json", "finetune.json", "run.json", "cfg.json", "counts.json",
                   "headline.json", "quality.json", "tunetrace_source.json")

@@ -31,8 +31,8 @@ from tunetrace import __version__, io
 
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"
-KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "screen",
-         "screen-check", "causal")
+KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "features-link",
+         "screen", "screen-check", "causal")
 
 
 @dataclass

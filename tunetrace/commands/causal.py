@@ -6,11 +6,11 @@ from __future__ import annotations
 def run(config) -> int:
     import torch
 
-    from tunetrace.causal import run_causal
+    from tunetrace.api import causal
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    result = run_causal(config)
+    result = causal(config)
     for key in ("sentence", "protect_sentence"):
         if result.get(key):
             print(result[key])

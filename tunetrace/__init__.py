@@ -11,7 +11,7 @@ Names are imported on first use, so `import tunetrace` (and the CLI's --help) st
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from tunetrace._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use (below)
     from tunetrace.api import (FinetuneOutcome, audit, diff, evaluate, features_link, features_match, finetune, merge, recruits,

@@ -11,7 +11,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
 
@@ -23,7 +23,9 @@ from tunetrace.experiment import behaviour_prompts, reference_finetune, stage_do
 from tunetrace.finetuning import FinetuneResult, FinetuneSettings
 from tunetrace.models import LoadedModel
 from tunetrace.records import read_record
-from tunetrace.reproduce import ReproducePreset
+
+if TYPE_CHECKING:
+    from tunetrace.reproduce import ReproducePreset
 
 RECRUITS_K = 50  # the oracle's recruits per layer, as `reproduce`'s default k
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunetrace import __version__, io
+from tunetrace import io
+from tunetrace._version import __version__
 
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"

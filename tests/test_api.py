@@ -42,3 +42,38 @@ def test_finetune_recruits_evaluate_merge_chain(tmp_path, monkeypatch):
     assert "ISS x |grad| retrieves" in ev.sentence and ev.headline["layer"] == 1
     merged = tunetrace.merge(base, ft.model, t=0.5)
     assert merged.result.t == 0.5 and list(tmp_path.iterdir()) == []
+
+
+def test_the_api_makes_the_checks_its_command_makes(tmp_path, monkeypatch):
+    """One home for each check: the API refuses what the CLI refuses (merge: one base; audit: length and batch fit)."""
+    import json
+
+    import pytest
+
+    import tunetrace.memory
+    from tunetrace.data import DataError
+    from tunetrace.memory import BatchTooLargeError
+    from tunetrace.provenance import ProvenanceError
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, sha in ((a, "3" * 64), (b, "4" * 64)):
+        d.mkdir()
+        (d / "finetune.json").write_text(json.dumps({"base_model": {"spec": f"base-{sha[0]}", "sha256": sha}}))
+    with pytest.raises(ProvenanceError, match="fine-tunes of one base"):
+        tunetrace.merge(str(a), str(b))
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "hi " * 400, "response": "ok"}) + "\n")
+    with pytest.raises(DataError, match="longer than max_length=64"):
+        tunetrace.audit("tiny-llama", data=str(long), max_length=64)
+    monkeypatch.setattr(tunetrace.memory, "free_bytes", lambda device: 10_000)
+    with pytest.raises(BatchTooLargeError, match="lower --batch-size or --max-length"):
+        tunetrace.audit("tiny-llama", data="builtin:caps")
+
+
+def test_finetune_record_describes_the_run(tmp_path):
+    """The run record's config holds the settings the call gave (not the preset's defaults)."""
+    tunetrace.finetune("tiny-llama", task="caps", out=tmp_path / "ft", steps=2, lr=1e-2, batch_size=4, n_eval=2, max_new_tokens=4,
+                       lora_r=4)
+    record = tunetrace.read_record(tmp_path / "ft")
+    assert (record.config["steps"], record.config["lr"], record.config["batch_size"]) == (2, 1e-2, 4)
+    assert (record.results["settings"]["steps"], record.results["settings"]["lora_r"]) == (2, 4)

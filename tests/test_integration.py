@@ -51,8 +51,9 @@ def test_real_model_audit_equals_plain_autograd(spec, act, layer):
 def test_gemma_without_chat_template_uses_the_documented_fallback():
     loaded = load_model("gemma3-270m")
     assert not loaded.tokenizer.chat_template
-    encoded = encode(loaded.tokenizer, _few(1), 512)[0]
-    text = loaded.tokenizer.decode(encoded.input_ids)
-    assert text.startswith("<bos>User: ") and "\nAssistant:" in text
-    response = loaded.tokenizer.decode(encoded.input_ids[encoded.n_prompt:])
-    assert response.strip().isupper() or response.strip().endswith("<eos>")
+    example = _few(1)
+    user, answer = (m["content"] for m in example.examples[0].messages)
+    encoded = encode(loaded.tokenizer, example, 512)[0]
+    # the whole conversation in the fallback format, and the response boundary exactly after "Assistant:"
+    assert loaded.tokenizer.decode(encoded.input_ids) == f"<bos>User: {user}\nAssistant: {answer}<eos>"
+    assert loaded.tokenizer.decode(encoded.input_ids[encoded.n_prompt:]) == f" {answer}<eos>"

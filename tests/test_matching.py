@@ -166,7 +166,10 @@ def test_features_link(sae_dirs, tmp_path):
                              "is_recruit": [True, True, True, False, True], "pathway": "x"})
     recruits.to_parquet(tmp_path / "recruits.parquet")
     assert main(["features-link", str(out), "--recruits", str(tmp_path / "recruits.parquet")]) == 0
-    summary = json.loads((out / "link.json").read_text())
+    summary = json.loads((out / "link" / "link.json").read_text())
+    from tunetrace.records import read_record
+
+    assert read_record(out / "link").command == "features-link" and read_record(out).command == "features-match"
     sae = TopKSae.load(base)
     sq = sae.W_dec.detach().pow(2)
     mass = sq[:, [0, 5, 9]].sum(1) / sq.sum(1)

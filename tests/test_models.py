@@ -41,7 +41,13 @@ def test_checkpoint_round_trip(tmp_path):
     again = load_model(str(tmp_path / "ckpt"))
     for (k, v), w in zip(loaded.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(v, w), k
-    assert again.fingerprint != loaded.fingerprint or again.source != loaded.source
+    # the reloaded checkpoint names itself: its own directory, and the hash of its weight files (content, not path)
+    from tunetrace.model_files import files_sha256
+
+    assert again.source == str((tmp_path / "ckpt").resolve())
+    assert again.fingerprint == files_sha256([tmp_path / "ckpt" / "model.safetensors"]) != loaded.fingerprint
+    save_checkpoint(loaded.model, loaded.tokenizer, tmp_path / "copy")
+    assert load_model(str(tmp_path / "copy")).fingerprint == again.fingerprint
 
 
 @pytest.mark.parametrize(

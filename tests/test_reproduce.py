@@ -29,7 +29,7 @@ def test_reproduce_pipeline_on_tiny_model_and_resume(tmp_path):
     assert again.sentence == r.sentence
     assert (out / "finetune" / "caps" / "model.safetensors").stat().st_mtime_ns == mtime
     # resuming with other fine-tuning settings would silently mix two experiments: refused
-    with pytest.raises(ValueError, match="different `finetune`"):
+    with pytest.raises(ValueError, match=r"other settings \(finetune\.optimizer adamw -> sgd"):
         run_reproduce(**{**kw, "finetune_overrides": {**kw["finetune_overrides"], "optimizer": "sgd"}})
 
 

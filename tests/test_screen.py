@@ -407,7 +407,7 @@ def test_check_data_disjoint_and_mixed_settings_refused(tmp_path):
     from tunetrace.records import new_record, write_record
 
     write_record(tmp_path, new_record("screen-check", results={"model": "tiny-qwen2", "preset": "quick"}))
-    with pytest.raises(ValueError, match="different `model`"):
+    with pytest.raises(ValueError, match=r"other settings \(model tiny-qwen2 -> tiny-llama"):
         run_check("tiny-llama", "quick", tmp_path, tasks="caps")
     with pytest.raises(ValueError, match="not a built-in behaviour task"):
         run_check("tiny-llama", "quick", tmp_path / "x", tasks="plain")

@@ -9,11 +9,26 @@ The public API (each call returns a dataclass and writes nothing unless given `o
 Names are imported on first use, so `import tunetrace` (and the CLI's --help) stays instant.
 """
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
 
+from tunetrace._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use (below)
+    from tunetrace.api import (FinetuneOutcome, audit, diff, evaluate, features_link, features_match, finetune, merge, recruits,
+                               sae_train, screen_check)
+    from tunetrace.auditing import AuditResult
+    from tunetrace.evaluation import Evaluation
+    from tunetrace.ground_truth import RecruitsResult
+    from tunetrace.models import LoadedModel, load_model
+    from tunetrace.records import RunRecord, read_record
+    from tunetrace.selective import NeuronSelection, SelectiveCallback, protect, select_neurons, train_only
+
+# (`reproduce`, `causal`, `screen` and `report` are in tunetrace.api: at the top level those names are modules)
 _API = {
     "audit": "tunetrace.api", "finetune": "tunetrace.api", "recruits": "tunetrace.api", "evaluate": "tunetrace.api",
-    "diff": "tunetrace.api", "merge": "tunetrace.api", "load_model": "tunetrace.models", "LoadedModel": "tunetrace.models",
+    "diff": "tunetrace.api", "merge": "tunetrace.api", "screen_check": "tunetrace.api", "sae_train": "tunetrace.api",
+    "features_match": "tunetrace.api", "features_link": "tunetrace.api", "FinetuneOutcome": "tunetrace.api",
+    "load_model": "tunetrace.models", "LoadedModel": "tunetrace.models",
     "AuditResult": "tunetrace.auditing", "RecruitsResult": "tunetrace.ground_truth", "Evaluation": "tunetrace.evaluation",
     "read_record": "tunetrace.records", "RunRecord": "tunetrace.records",
     "select_neurons": "tunetrace.selective", "NeuronSelection": "tunetrace.selective", "train_only": "tunetrace.selective",

@@ -17,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from tunetrace import io
+from tunetrace.causal_summary import cell_of, interval95, neuron_weights, paired_vs_random
+
+if TYPE_CHECKING:
+    from tunetrace.causal_stages import CausalStages
 
 DEFAULT_KEEP = "builtin:plain"
 KEEP_AUDIT_DIR = "keep_audit"  # OUT/keep_audit: the keep set's audit at the protect layers
@@ -45,7 +49,8 @@ def keep_data(out: Path, spec: str, n_calibration: int, n_eval: int) -> KeepSet:
 
     `builtin:plain` (or any built-in keep set) uses its hash-assigned calibration and eval splits; a
     user's JSONL is split by the same prompt hash (eval split -> evaluation, the rest -> audit)."""
-    from tunetrace.data import load_examples, rows_source, user_prompt
+    from tunetrace.data import load_examples, user_prompt
+    from tunetrace.experiment import write_splits
     from tunetrace.keepsets import KEEP_TASKS
     from tunetrace.question_bank import split_of
     from tunetrace.tasks import builtin_rows
@@ -64,15 +69,8 @@ def keep_data(out: Path, spec: str, n_calibration: int, n_eval: int) -> KeepSet:
         if not cal or not ev:
             raise ValueError(f"--keep {spec}: its {len(rows)} rows give {len(cal)} audit and {len(ev)} evaluation rows; "
                              "both need at least one (give more rows).")
-    srcs = {}
-    for part, rows in (("calibration", cal), ("eval", ev)):
-        io.write_jsonl(out / "data" / f"keep.{part}.jsonl", rows)
-        srcs[part] = rows_source(str(out / "data" / f"keep.{part}.jsonl"), rows)
-    prompts = {part: {user_prompt(e.messages) for e in s.examples} for part, s in srcs.items()}
-    shared = prompts["calibration"] & prompts["eval"]
-    if shared:
-        raise ValueError(f"--keep {spec}: {len(shared)} prompts are in both the audit and the evaluation rows "
-                         f"(e.g. {sorted(shared)[0]!r}): remove the duplicates.")
+    srcs, _ = write_splits(out / "data", {"keep": {"calibration": cal, "eval": ev}}, where=f"--keep {spec}: ", fix="remove the duplicates")
+    srcs = srcs["keep"]
     return KeepSet(spec, srcs["calibration"], srcs["eval"])
 
 
@@ -131,49 +129,40 @@ def _identical(base, model, selection) -> bool:
     return True
 
 
-def protect_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], keep: KeepSet | None, keep_audit: Path | None,
+def protect_rows(stages: CausalStages, name: str, preds: list[str], budgets: list[str], seeds: list[int], keep: KeepSet | None, keep_audit: Path | None,
                  layers: list[int] | None, run: bool = True) -> list[dict]:
     """The task's unprotected reference row and one protected fine-tune row per predictor x budget x seed.
 
     Without `run`, only the rows already finished (no keep set or keep audit needed)."""
-    from tunetrace.models import load_model
-    from tunetrace.selective import select_neurons
     from tunetrace.causal_rows import row_id
 
-    if not run and not ctx.finished("base__keep"):
+    if not run and not stages.finished("base__keep"):
         return []
-    base = ctx.cached("base__keep", lambda stage: keep_metrics(ctx.base, keep, ctx.sizes.max_new_tokens))
+    base = stages.cached("base__keep", lambda stage: keep_metrics(stages.base, keep, stages.sizes.max_new_tokens))
     ref_base = {"base_content_accuracy": base["content_accuracy"], "base_keep_loss": base["keep_loss"]}
 
     def unprotected(stage) -> dict:
-        from tunetrace.records import read_record
-
-        ref = ctx.reference(name)
-        info = read_record(ref).results
-        model = load_model(str(ref), device=ctx.device)
-        return {"task": name, "kind": "unprotected", "budget": "0", "seed": 0, "behaviour": info["behaviour_after"]["rate"],
-                "behaviour_before": info["behaviour_before"]["rate"], "heldout_loss": ctx.heldout_loss(name, model),
+        model, m = stages.reference_measures(name)
+        return {"task": name, "kind": "unprotected", "budget": "0", "seed": 0, "behaviour": m["behaviour"],
+                "behaviour_before": m["behaviour_before"], "heldout_loss": m["heldout_loss"],
                 "frozen_neurons": 0, "frozen_params": 0, "protected_identical": True,
-                **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
+                **keep_metrics(model, keep, stages.sizes.max_new_tokens)}
 
     rid = row_id(name, "unprotected", "0", 0)
-    rows = [{**ctx.cached(rid, unprotected), **ref_base}] if run or ctx.finished(rid) else []
-    for pred, budget, seed, rid in ctx.grid(name, "protect", preds, budgets, seeds, run):
+    rows = [{**stages.cached(rid, unprotected), **ref_base}] if run or stages.finished(rid) else []
+    for pred, budget, seed, rid in stages.grid(name, "protect", preds, budgets, seeds, run):
 
         def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
-            if pred == "random":
-                sel = select_neurons("random", top=budget, layers=layers, model=ctx.base, seed=seed)
-            else:
-                sel = select_neurons(keep_audit, rank_by=pred, top=budget, layers=layers)
-            settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr, not --train-lr
-            model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
+            sel = stages.selection(pred, budget, seed, keep_audit, None, layers=layers)
+            settings = dataclasses.replace(stages.settings, seed=seed)  # the ordinary fine-tune: preset lr, not --train-lr
+            model, res, scratch = stages.train(name, rid, settings, sel, "protect")
             return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
-                    "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
-                    "frozen_neurons": len(sel), "frozen_params": int(sel.table.shape[0] * 3 * ctx.d_model),
-                    "protected_identical": _identical(ctx.base, model, sel), "train_seconds": res.seconds,
-                    "neurons": sel.to_record()["neurons"], **keep_metrics(model, keep, ctx.sizes.max_new_tokens)}
+                    "behaviour_before": res.before, "heldout_loss": stages.heldout_loss(name, model),
+                    "frozen_neurons": len(sel), "frozen_params": neuron_weights(sel.table.shape[0], stages.d_model),
+                    "protected_identical": _identical(stages.base, model, sel), "train_seconds": res.seconds,
+                    "neurons": sel.to_record()["neurons"], **keep_metrics(model, keep, stages.sizes.max_new_tokens)}
 
-        rows.append({**ctx.cached(rid, compute), **ref_base})
+        rows.append({**stages.cached(rid, compute), **ref_base})
     return rows
 
 
@@ -186,12 +175,11 @@ def with_protect_pairs(table: pd.DataFrame) -> pd.DataFrame:
     and `damage_recovered` (share of the unprotected fine-tune's content loss that protecting kept)."""
     t = table.copy()
     unprot = t[t.kind == "unprotected"].set_index("task")
-    rand = t[t.kind == "random"].set_index(["task", "budget", "seed"])
+    protected = t.kind != "unprotected"
     for col in PAIRED:
         t[f"{col}_vs_unprotected"] = [v - unprot[col].get(task, np.nan) if k != "unprotected" else np.nan
                                       for v, task, k in zip(t[col], t.task, t.kind)]
-        t[f"{col}_vs_random"] = [v - rand[col].get(key, np.nan) if k != "unprotected" else np.nan
-                                 for v, key, k in zip(t[col], zip(t.task, t.budget, t.seed), t.kind)]
+        t[f"{col}_vs_random"] = paired_vs_random(t, col, protected)
     t["content_per_1k_frozen"] = t.content_accuracy_vs_unprotected / t.frozen_neurons.where(t.frozen_neurons > 0) * 1000
     lost = t.base_content_accuracy - t.task.map(unprot.content_accuracy)  # NaN where the fine-tune damaged nothing
     t["damage_recovered"] = (t.content_accuracy_vs_unprotected / lost.where(lost > 1e-12)).where(t.kind != "unprotected")
@@ -205,8 +193,6 @@ CELL_COLUMNS = ("behaviour", "content_accuracy", "keep_loss", "heldout_loss", "b
 
 def summarize_protect(table: pd.DataFrame) -> list[dict]:
     """Per (kind, budget): mean and 95% t-interval over tasks x seeds of every measure and paired difference."""
-    from tunetrace.causal_summary import interval95
-
     cells = []
     for (kind, budget), g in with_protect_pairs(table).groupby(["kind", "budget"], sort=False):
         c = {"kind": kind, "budget": budget, "n": len(g), "frozen_neurons": float(g.frozen_neurons.mean()),
@@ -238,13 +224,6 @@ def protect_sentence(cells: list[dict], preds: list[str]) -> str:
             f"budget {budget}: {rule})")
 
 
-def _ci(c: dict, col: str, digits: int = 2) -> str:
-    m, lo, hi = c[col], c[f"{col}_low"], c[f"{col}_high"]
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return ""
-    return f"{m:.{digits}f}" + ("" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
-
-
 def protect_markdown(table: pd.DataFrame, cells: list[dict], settings: dict, sentence: str = "") -> str:
     """The protect part's summary and per-run tables (95% t-intervals over tasks x seeds)."""
     base = table.iloc[0] if len(table) else None
@@ -258,10 +237,10 @@ def protect_markdown(table: pd.DataFrame, cells: list[dict], settings: dict, sen
              "content gained per 1k frozen | damage recovered | bit-identical |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {c['frozen_neurons']:,.0f} | {_ci(c, 'behaviour')} | "
-                     f"{_ci(c, 'content_accuracy')} | {_ci(c, 'keep_loss', 3)} | {_ci(c, 'content_accuracy_vs_unprotected')} | "
-                     f"{_ci(c, 'content_accuracy_vs_random')} | {_ci(c, 'keep_loss_vs_random', 3)} | {_ci(c, 'behaviour_vs_unprotected')} | "
-                     f"{_ci(c, 'content_per_1k_frozen', 3)} | {_ci(c, 'damage_recovered')} | {'yes' if c['protected_identical'] else 'NO'} |")
+        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {c['frozen_neurons']:,.0f} | {cell_of(c, 'behaviour')} | "
+                     f"{cell_of(c, 'content_accuracy')} | {cell_of(c, 'keep_loss', 3)} | {cell_of(c, 'content_accuracy_vs_unprotected')} | "
+                     f"{cell_of(c, 'content_accuracy_vs_random')} | {cell_of(c, 'keep_loss_vs_random', 3)} | {cell_of(c, 'behaviour_vs_unprotected')} | "
+                     f"{cell_of(c, 'content_per_1k_frozen', 3)} | {cell_of(c, 'damage_recovered')} | {'yes' if c['protected_identical'] else 'NO'} |")
     lines += ["", "### Per run", "", "| task | protected by | budget | seed | behaviour | content accuracy (n) | keep loss | task held-out loss |",
               "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():

@@ -17,39 +17,43 @@ both runs are compared on the same candidates.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tunetrace import io
+from tunetrace.causal_stages import RECRUITS_K  # capped at the layer's unprotected neurons
+from tunetrace.causal_summary import cell_of, interval95
 
-RECRUITS_K = 50  # as `reproduce` (capped at the layer's unprotected neurons)
+if TYPE_CHECKING:
+    from tunetrace.causal_stages import CausalStages
+
 PATHWAYS = ("redirect", "latent", "other")
 
 
-def route_rows(ctx, name: str, preds: list[str], budgets: list[str], seeds: list[int], audit_dir: Path, run: bool = True) -> list[dict]:
+def route_rows(stages: CausalStages, name: str, preds: list[str], budgets: list[str], seeds: list[int], audit_dir: Path, run: bool = True) -> list[dict]:
     """One protected fine-tune row per predictor x budget x seed (its recruits saved beside row.json); without `run`, the finished ones."""
     from tunetrace.ground_truth import extract_recruits
     from tunetrace.models import load_model
 
     rows = []
-    for pred, budget, seed, rid in ctx.grid(name, "route", preds, budgets, seeds, run):
+    for pred, budget, seed, rid in stages.grid(name, "route", preds, budgets, seeds, run):
 
         def compute(stage, pred=pred, budget=budget, seed=seed, rid=rid) -> dict:
-            sel = ctx.selection(pred, budget, seed, audit_dir, None)
-            settings = dataclasses.replace(ctx.settings, seed=seed)  # the ordinary fine-tune: preset lr
-            model, res, scratch = ctx.train(name, rid, settings, sel, "protect")
-            ft = load_model(str(scratch), device=ctx.device)
-            rec = extract_recruits(ctx.base, ft, ctx.sources[name]["eval"], ctx.layers, k=RECRUITS_K)
+            sel = stages.selection(pred, budget, seed, audit_dir, None)
+            settings = dataclasses.replace(stages.settings, seed=seed)  # the ordinary fine-tune: preset lr
+            model, res, scratch = stages.train(name, rid, settings, sel, "protect")
+            ft = load_model(str(scratch), device=stages.device)
+            rec = extract_recruits(stages.base, ft, stages.sources[name]["eval"], stages.layers, k=RECRUITS_K)
             io.write_parquet(stage / "recruits.parquet", rec.table)
             return {"task": name, "kind": pred, "budget": budget, "seed": seed, "behaviour": res.after,
-                    "behaviour_before": res.before, "heldout_loss": ctx.heldout_loss(name, model),
+                    "behaviour_before": res.before, "heldout_loss": stages.heldout_loss(name, model),
                     "frozen_neurons": len(sel), "train_seconds": res.seconds, "definition": rec.summary["definition"],
                     "thresholds": rec.summary["thresholds"], "neurons": sel.to_record()["neurons"]}
 
-        rows.append(ctx.cached(rid, compute))
+        rows.append(stages.cached(rid, compute))
     return rows
 
 
@@ -109,8 +113,6 @@ def route_analysis(out: Path, rows: list[dict], audits: dict[str, Path], unprote
 
 def summarize_route(table: pd.DataFrame, hits: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     """(cells per protected-by x budget, hit cells per protected-by x budget x predictor x run): 95% t-intervals over tasks x seeds."""
-    from tunetrace.causal_summary import interval95
-
     cells, hit_cells = [], []
     cols = ["behaviour", "heldout_loss", "protected_in_raw_recruits", "overlap_with_unprotected"] + \
         [f"n_{p}{s}" for p in PATHWAYS for s in ("", "_unprotected")]
@@ -130,13 +132,6 @@ def summarize_route(table: pd.DataFrame, hits: pd.DataFrame) -> tuple[list[dict]
     return cells, hit_cells
 
 
-def _ci(c: dict, col: str, digits: int = 2) -> str:
-    m, lo, hi = c[col], c[f"{col}_low"], c[f"{col}_high"]
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return ""
-    return f"{m:.{digits}f}" + ("" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
-
-
 def route_markdown(cells: list[dict], hit_cells: list[dict], settings: dict) -> str:
     """The route part's tables: behaviour and pathways of the protected runs, and each predictor's hits on their recruits."""
     lines = ["## Part 3: route around", "",
@@ -147,9 +142,9 @@ def route_markdown(cells: list[dict], hit_cells: list[dict], settings: dict) -> 
              "other (unprotected run) | recruits shared with the unprotected run | protected among raw recruits |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {_ci(c, 'behaviour')} | {_ci(c, 'heldout_loss', 3)} | "
-                     + " | ".join(f"{_ci(c, f'n_{p}', 1)} ({c[f'n_{p}_unprotected']:.1f})" for p in PATHWAYS)
-                     + f" | {_ci(c, 'overlap_with_unprotected')} | {c['protected_in_raw_recruits']:.1f} |")
+        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {cell_of(c, 'behaviour')} | {cell_of(c, 'heldout_loss', 3)} | "
+                     + " | ".join(f"{cell_of(c, f'n_{p}', 1)} ({c[f'n_{p}_unprotected']:.1f})" for p in PATHWAYS)
+                     + f" | {cell_of(c, 'overlap_with_unprotected')} | {c['protected_in_raw_recruits']:.1f} |")
     lines += ["", f"### Hits@{RECRUITS_K} per layer on the protected run's recruits (and the unprotected run's, same neurons removed)", "",
               "| protected by | budget | predictor | hits, protected run [95%] | hits, unprotected run | latent hits / latent recruits, protected run |",
               "|---|---|---|---|---|---|"]
@@ -158,6 +153,6 @@ def route_markdown(cells: list[dict], hit_cells: list[dict], settings: dict) -> 
         if run != "protected":
             continue
         u = by.get((kind, budget, pred, "unprotected"))
-        lines.append(f"| {kind} | {budget} | {pred} | {_ci(c, 'hits', 1)} | {_ci(u, 'hits', 1) if u else ''} | "
+        lines.append(f"| {kind} | {budget} | {pred} | {cell_of(c, 'hits', 1)} | {cell_of(u, 'hits', 1) if u else ''} | "
                      f"{c['hits_latent']:.1f} / {c['n_latent']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The causal test's summaries (part 1; parts 2-3 keep theirs beside their rows): 95% intervals, paired differences, the decided budget and part 1's markdown.
+"""The causal test's table helpers and part 1's summary: 95% intervals and their cells, paired differences against random,
+the selected-weight count, the decided budget and part 1's markdown (parts 2-3 keep their summaries beside their rows).
 
 Pure tables in, cells and text out (no models): `tunetrace.causal` writes what these compute.
 """
@@ -27,14 +28,36 @@ def interval95(values) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def interval_cell(m: float | None, lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """'m [lo, hi]' (just 'm' without bounds, '' without a mean): one table cell of a mean and its 95% interval."""
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return ""
+    return f"{m:.{digits}f}" + ("" if lo is None or math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
+
+
+def cell_of(c: dict | None, col: str, digits: int = 2) -> str:
+    """interval_cell of a summary cell's `col`, `col_low`, `col_high`."""
+    return "" if c is None else interval_cell(c[col], c[f"{col}_low"], c[f"{col}_high"], digits)
+
+
+def paired_vs_random(table: pd.DataFrame, col: str, applies: pd.Series | None = None) -> list[float]:
+    """Each row's `col` minus the `random` row's at the same task, budget and seed (NaN without one, or where not `applies`)."""
+    rand = table[table.kind == "random"].set_index(["task", "budget", "seed"])[col]
+    keys = list(zip(table.task, table.budget, table.seed))
+    ok = [True] * len(table) if applies is None else list(applies)
+    return [float(v - rand[k]) if a and k in rand.index else float("nan") for v, k, a in zip(table[col], keys, ok)]
+
+
+def neuron_weights(n_neurons: int, d_model: int, bias: bool = False) -> int:
+    """Weights `n_neurons` gated-MLP neurons own: a gate row, an up row and a down column each (+ two biases)."""
+    return n_neurons * (3 * d_model + (2 if bias else 0))
+
+
 def with_paired_loss(table: pd.DataFrame) -> pd.DataFrame:
     """Add `loss_vs_random`: a selection's held-out loss minus random's at the same task, budget and seed (NaN without one).
 
     Tasks differ in loss far more than selections do, so intervals over tasks of the raw loss hide what the paired difference shows."""
-    rand = table[table.kind == "random"].set_index(["task", "budget", "seed"]).heldout_loss
-    key = list(zip(table.task, table.budget, table.seed))
-    paired = [float(l - rand[k]) if s and k in rand.index else float("nan") for l, k, s in zip(table.heldout_loss, key, table.selection)]
-    return table.assign(loss_vs_random=paired)
+    return table.assign(loss_vs_random=paired_vs_random(table, "heldout_loss", table.selection))
 
 
 def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict:
@@ -89,10 +112,6 @@ def decided_budget(cells: list[dict], preds: list[str], measure: str = "behaviou
     return order[0], f"fallback, the smallest budget ({why})"
 
 
-def _fmt(m, lo, hi) -> str:
-    return f"{m:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
-
-
 def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
     """The summary table (95% t-intervals over tasks x seeds) and the per-task rows."""
     lines = [f"# Causal test: {settings['model']}, preset {settings['preset']}", "", "## Part 1: train only", "",
@@ -102,8 +121,8 @@ def summary_markdown(table: pd.DataFrame, summary: dict, settings: dict) -> str:
              "| selection | budget | n | behaviour rate [95%] | held-out loss [95%] | loss minus random's (paired) [95%] | trainable params |",
              "|---|---|---|---|---|---|---|"]
     for c in summary["cells"]:
-        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {_fmt(c['behaviour'], c['behaviour_low'], c['behaviour_high'])} | "
-                     f"{_fmt(c['heldout_loss'], c['loss_low'], c['loss_high'])} | {_fmt(c['loss_vs_random'], c['loss_vs_random_low'], c['loss_vs_random_high'])} | "
+        lines.append(f"| {c['kind']} | {c['budget']} | {c['n']} | {interval_cell(c['behaviour'], c['behaviour_low'], c['behaviour_high'])} | "
+                     f"{interval_cell(c['heldout_loss'], c['loss_low'], c['loss_high'])} | {interval_cell(c['loss_vs_random'], c['loss_vs_random_low'], c['loss_vs_random_high'])} | "
                      f"{c['trainable_params']:,.0f} |")
     lines += ["", "## Per run", "", "| task | selection | budget | seed | behaviour (base) | held-out loss | params |", "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():

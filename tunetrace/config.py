@@ -286,7 +286,7 @@ class FeaturesLinkConfig:
     recruits: str = "recruits.parquet"
     """Ground-truth recruits table (columns layer, neuron, is_recruit, ...)."""
     out: str = ""
-    """Where to write link.parquet and link.json; empty = inside the features directory."""
+    """Where to write link.parquet, link.json and run.json; empty = FEATURES/link."""
     force: bool = False
     """Overwrite existing link outputs."""
 

@@ -26,9 +26,6 @@ from transformers import PreTrainedTokenizerBase
 
 from tunetrace import io
 
-FALLBACK_FORMAT = "User: {user}\nAssistant: {assistant}"
-
-
 class DataError(ValueError):
     """Bad calibration/training data; the message names the file, line and fix."""
 

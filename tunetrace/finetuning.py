@@ -186,12 +186,8 @@ def _load_state(state_dir: Path, model, optimizer) -> tuple[int, list[dict], dic
         for n, t in tensors.items():
             params[n].copy_(t)
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-    rows = _read_jsonl(state_dir / "train_log.jsonl")[: progress["step"]]
+    rows = io.read_jsonl(state_dir / "train_log.jsonl")[: progress["step"]]
     return progress["step"], rows, progress["before"]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def training_data_sha256(train: list[EncodedExample]) -> str:

@@ -10,7 +10,7 @@ depend on batch size); a fine-tune averages it; `dataset_loss` averages it over 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,18 +54,27 @@ def response_loss(model: nn.Module, batch: Batch) -> Tensor:
 
 
 @torch.no_grad()
+def loss_sum(
+    model: nn.Module, batches: Iterable[Batch], vocab_limit: int | None = None,
+    edit: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> tuple[float, int]:
+    """(summed response-token cross-entropy, response tokens) over `batches`, optionally inside an `edit()` context."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with edit() if edit is not None else contextlib.nullcontext():
+            total += float(response_loss_sum(model, batch, vocab_limit).double())
+        count += batch.n_loss_tokens
+    return total, count
+
+
 def dataset_loss(
     model: nn.Module, encoded: Sequence[EncodedExample], pad_id: int, batch_size: int = 8, vocab_limit: int | None = None,
     edit: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> float:
     """Mean response-token cross-entropy over a whole dataset, optionally inside an `edit()` context (e.g. a residual edit)."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch in iter_batches(encoded, batch_size, pad_id):
-        batch = batch.to(device)
-        with edit() if edit is not None else contextlib.nullcontext():
-            total += float(response_loss_sum(model, batch, vocab_limit).double())
-        count += batch.n_loss_tokens
+    total, count = loss_sum(model, iter_batches(encoded, batch_size, pad_id), vocab_limit, edit)
     return total / max(count, 1)
 
 

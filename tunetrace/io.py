@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 MARKER = ".tunetrace-output"  # JSON {"written": [top-level names]} in every staged output directory
-ADDED_LATER = ("report.html", "link.parquet", "link.json", "run.json")  # tunetrace files added to a finished output
+ADDED_LATER = ("report.html", "link", "link.parquet", "link.json", "run.json")  # added to a finished output (features-link: link/; before: link.*)
 # Record files that mark an output written before the marker existed.
 LEGACY_RECORDS = ("manifest.json", "summary.json", "finetune.json", "run.json", "cfg.json", "counts.json",
                   "headline.json", "quality.json", "tunetrace_source.json")
@@ -156,6 +156,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Parse a JSONL file tunetrace wrote (blank lines skipped); a corrupt line fails with a line naming the file and line."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON ({err.msg}): the file is corrupt; rerun the command that wrote it.") from None
+    return rows
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -32,7 +32,6 @@ import torch
 from tunetrace.gated_mlp import GateActivation, GatedMLPLayer
 
 Tensor = torch.Tensor
-Signal = Literal["z", "u", "gate", "slope", "act", "abs_act", "iss", "grad", "abs_grad"]
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunetrace import __version__, io
+from tunetrace import io
+from tunetrace._version import __version__
 
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"
-KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "screen",
-         "screen-check", "causal")
+KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "features-link",
+         "screen", "screen-check", "causal")
 
 
 @dataclass
@@ -116,13 +117,6 @@ def write_record(run_dir: str | os.PathLike, record: RunRecord) -> None:
     io.write_json(run_dir / RECORD_FILE, record.to_json())
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): the run record is damaged; rerun the command that wrote it.") from None
-
-
 def _from_run_json(path: Path, raw: dict) -> RunRecord:
     if raw.get("schema") == SCHEMA:
         known = {f.name for f in dataclasses.fields(RunRecord)} - {"path", "legacy"}
@@ -140,7 +134,7 @@ def _legacy(run_dir: Path) -> RunRecord | None:
         return (run_dir / name).is_file()
 
     if has("manifest.json"):
-        m = _read_json(run_dir / "manifest.json")
+        m = io.read_json(run_dir / "manifest.json")
         if "saes" in m:
             return RunRecord("features-match", {}, {f"sae{i}": {"spec": s} for i, s in enumerate(m.get("models", []))},
                              results=m, path=run_dir, legacy="manifest.json")
@@ -148,26 +142,26 @@ def _legacy(run_dir: Path) -> RunRecord | None:
                          {"calibration": m.get("data", {})}, results=m, versions=m.get("versions", {}),
                          wall_seconds=m.get("wall_seconds"), path=run_dir, legacy="manifest.json")
     if has("finetune.json"):
-        info = _read_json(run_dir / "finetune.json")
+        info = io.read_json(run_dir / "finetune.json")
         return RunRecord("finetune", {}, {"base": info.get("base_model", {})}, {"train": {"source": info.get("data")}},
                          results=info, wall_seconds=info.get("train_seconds"), path=run_dir, legacy="finetune.json")
     if has("summary.json"):
-        s = _read_json(run_dir / "summary.json")
+        s = io.read_json(run_dir / "summary.json")
         if "positions" in s:  # diff
-            config = _read_json(run_dir / "config.json") if has("config.json") else {}
+            config = io.read_json(run_dir / "config.json") if has("config.json") else {}
             return RunRecord("diff", config, {"base": s.get("base", {}), "finetuned": s.get("finetuned", {})}, results=s,
                              wall_seconds=s.get("wall_seconds"), path=run_dir, legacy="summary.json")
         return RunRecord("recruits", s.get("config") or {}, {"base": s.get("base", {}), "finetuned": s.get("finetuned", {})},
                          {"eval": s.get("data", {})}, results=s, path=run_dir, legacy="summary.json")
     if has("headline.json"):
-        return RunRecord("evaluate", {}, results=_read_json(run_dir / "headline.json"), path=run_dir, legacy="headline.json")
+        return RunRecord("evaluate", {}, results=io.read_json(run_dir / "headline.json"), path=run_dir, legacy="headline.json")
     if has("merge.json"):
-        m = _read_json(run_dir / "merge.json")
+        m = io.read_json(run_dir / "merge.json")
         return RunRecord("merge", {}, {"a": m.get("model_a", {}), "b": m.get("model_b", {})}, results=m, path=run_dir, legacy="merge.json")
     if has("train_config.json") and has("cfg.json"):
-        config = _read_json(run_dir / "train_config.json")
-        quality = _read_json(run_dir / "quality.json") if has("quality.json") else {}
-        meta = _read_json(run_dir / "cfg.json").get("meta", {})
+        config = io.read_json(run_dir / "train_config.json")
+        quality = io.read_json(run_dir / "quality.json") if has("quality.json") else {}
+        meta = io.read_json(run_dir / "cfg.json").get("meta", {})
         return RunRecord("sae-train", config, {"model": meta.get("model", {})}, results=quality, path=run_dir, legacy="train_config.json")
     return None
 
@@ -178,7 +172,7 @@ def read_record(run_dir: str | os.PathLike) -> RunRecord:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a directory: pass the --out directory of a tunetrace command.")
     if (run_dir / RECORD_FILE).is_file():
-        raw = _read_json(run_dir / RECORD_FILE)
+        raw = io.read_json(run_dir / RECORD_FILE)
         if not isinstance(raw, dict):
             raise ValueError(f"{run_dir / RECORD_FILE} is not a tunetrace run record: rerun the command that wrote it.")
         return _from_run_json(run_dir / RECORD_FILE, raw)
@@ -194,21 +188,3 @@ def find_record(run_dir: str | os.PathLike) -> RunRecord | None:
         return read_record(run_dir)
     except FileNotFoundError:
         return None
-
-
-def model_entry(loaded) -> dict:
-    """How a record names a model: spec, resolved source, weight hash, family and shape."""
-    entry = loaded.manifest()
-    try:
-        from tunetrace.gated_mlp import gated_mlp_layers
-
-        layers = gated_mlp_layers(loaded.model)
-        entry.update(n_layers=len(layers), d_mlp=layers[0].d_mlp, d_model=layers[0].gate_proj.in_features)
-    except ValueError:
-        pass
-    return entry
-
-
-def data_entry(source) -> dict:
-    """How a record names a dataset: source, content hash, number of examples."""
-    return {"source": source.name, "sha256": source.sha256, "examples": source.n_examples}

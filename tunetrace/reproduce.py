@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from tunetrace import io
 from tunetrace.behaviour import BehaviourResult, greedy_answers, score_answers
-from tunetrace.data import DataSource, encode, load_examples, rows_source
+from tunetrace.data import DataSource
+from tunetrace.experiment import Stages, behaviour_prompts, check_settings, previous_settings, reference_finetune, stage_done, write_splits
 from tunetrace.evaluation import evaluate, headline_markdown, load_audit_dir, load_recruits_dir, pr_curves, write_evaluation
-from tunetrace.finetuning import finished_info, is_finished, run_finetune, settings_from
-from tunetrace.records import find_record, new_record, read_record, write_record
+from tunetrace.finetuning import finished_info, is_finished, settings_from
+from tunetrace.records import new_record, read_record, write_record
 from tunetrace.gated_mlp import gated_mlp_layers
 from tunetrace.layerspec import headline_layer, resolve_layers
-from tunetrace.models import LoadedModel, fresh_copy, load_model
+from tunetrace.models import LoadedModel, load_model
 from tunetrace.ground_truth import extract_recruits, write_recruits
 from tunetrace.provenance import check_evaluation_inputs
-from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task
+from tunetrace.tasks import TASKS, builtin_rows, get_task
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +59,23 @@ class ReproduceResult:
     headline: dict
 
 
-def _stage_done(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
 def write_task_data(out: Path, tasks: list[str], preset: ReproducePreset) -> tuple[dict[str, dict[str, DataSource]], dict]:
     """Each task's capped calibration and evaluation sets, also written as JSONL (the record of what was used);
     fail if any calibration prompt is an evaluation prompt. Returns ({task: {split: DataSource}}, the check)."""
-    data = out / "data"
-    sources: dict[str, dict[str, DataSource]] = {}
-    cal_prompts, eval_prompts = set(), set()
-    for name in tasks:
-        cal = builtin_rows(name, "calibration")[: preset.n_calibration]
-        ev = builtin_rows(name, "eval")[: preset.n_eval]
-        io.write_jsonl(data / f"{name}.calibration.jsonl", cal)
-        io.write_jsonl(data / f"{name}.eval.jsonl", ev)
-        sources[name] = {"calibration": rows_source(str(data / f"{name}.calibration.jsonl"), cal),
-                         "eval": rows_source(str(data / f"{name}.eval.jsonl"), ev)}
-        cal_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in cal}
-        eval_prompts |= {r["prompt"].removeprefix(TEST_PREFIX) for r in ev}
-    overlap = cal_prompts & eval_prompts
-    if overlap:
-        raise ValueError(f"calibration and evaluation data overlap ({len(overlap)} prompts, e.g. {sorted(overlap)[0]!r}).")
-    return sources, {"calibration_prompts": len(cal_prompts), "eval_prompts": len(eval_prompts), "overlap": 0}
+    return write_splits(out / "data", {name: {"calibration": builtin_rows(name, "calibration")[: preset.n_calibration],
+                                              "eval": builtin_rows(name, "eval")[: preset.n_eval]} for name in tasks})
 
 
 def base_behaviour(loaded: LoadedModel, tasks: list[str], preset: ReproducePreset) -> dict[str, BehaviourResult]:
     """Base-model behaviour rates for every task from one shared set of greedy answers."""
-    per_task = {n: [r["prompt"] for r in builtin_rows(n, "eval") if get_task(n).applies(r["prompt"])][: preset.n_behaviour] for n in tasks}
+    per_task = {n: behaviour_prompts(n, preset.n_behaviour) for n in tasks}
     prompts = sorted({p for ps in per_task.values() for p in ps})
     answers = dict(zip(prompts, greedy_answers(loaded.model, loaded.tokenizer, prompts, preset.max_new_tokens)))
     return {name: score_answers(get_task(name), ps, [answers[p] for p in ps]) for name, ps in per_task.items()}
+
+
+RESUME_KEYS = ("model", "dtype", "preset", "finetune", "k", "layers", "layer", "base_sha256")
+"""The settings a resumed reproduction must share with the run already in its directory."""
 
 
 def run_reproduce(
@@ -104,13 +89,7 @@ def run_reproduce(
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     for n in names:
         get_task(n)
-    times: dict[str, float] = io.read_json(out / "times.json") if (out / "times.json").is_file() else {}
-
-    def timed(key: str, start: float, accumulate: bool = True) -> None:
-        times[key] = (times.get(key, 0.0) if accumulate else 0.0) + time.perf_counter() - start
-        io.write_json(out / "times.json", times)
-
-    t0 = time.perf_counter()
+    stages = Stages(out)
     base = load_model(model, dtype=dtype, device=device)
     settings = dataclasses.replace(settings_from(preset, base.model, **(finetune_overrides or {})), seed=seed)
     n_layers = len(gated_mlp_layers(base.model))
@@ -121,15 +100,11 @@ def run_reproduce(
     d_mlp = gated_mlp_layers(base.model)[0].d_mlp
     if k >= d_mlp:
         raise ValueError(f"`k` ({k}) must be smaller than the layer width ({d_mlp}).")
-    previous_record = find_record(out) if out.is_dir() else None
-    if previous_record is not None:  # resuming: finished stages are reused, so they must have been made the same way
-        if previous_record.command != "reproduce":
-            raise ValueError(f"{out} holds a `{previous_record.command}` run, not a reproduction: pass a fresh --out.")
-        previous = previous_record.results
-        for key, now in (("model", model), ("preset", preset), ("finetune", dataclasses.asdict(settings)), ("k", k), ("dtype", dtype),
-                         ("layers", chosen), ("layer", head_layer), ("base_sha256", base.fingerprint)):
-            if previous.get(key, now) != now:
-                raise ValueError(f"{out} holds a run with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
+    now = {"model": model, "dtype": dtype, "preset": preset, "finetune": dataclasses.asdict(settings), "k": k, "layers": chosen,
+           "layer": head_layer, "base_sha256": base.fingerprint}
+    previous = previous_settings(out, "reproduce")
+    if previous is not None:  # resuming: finished stages are reused, so they must have been made the same way
+        check_settings(previous, now, RESUME_KEYS, str(out))
     sources, check = write_task_data(out, names, sizes)
     settings_record = {"model": model, "dtype": dtype, "preset": preset, "tasks": names, "layers": chosen, "layer": head_layer, "k": k, "seed": seed,
                        "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings), "data_check": check,
@@ -141,54 +116,39 @@ def run_reproduce(
 
     for name in names:  # 1. audit the base model on each task's calibration split
         target = out / "audit" / name
-        if not _stage_done(target):
-            start = time.perf_counter()
-            write_audit(run_audit(base, sources[name]["calibration"], chosen, per_example_layers=[head_layer], progress=False), target)
-            timed("audit", start)
+        if not stage_done(target):
+            with stages.timed("audit"):
+                write_audit(run_audit(base, sources[name]["calibration"], chosen, per_example_layers=[head_layer], progress=False), target)
 
     pending = [n for n in names if not is_finished(out / "finetune" / n)]
     before = {}
     if pending:  # 2. base behaviour rates, from one shared set of greedy answers
-        start = time.perf_counter()
-        before = base_behaviour(base, pending, sizes)
-        timed("base_behaviour", start)
+        with stages.timed("base_behaviour"):
+            before = base_behaviour(base, pending, sizes)
     for name in pending:  # 3. fine-tune each task (resuming an interrupted run)
-        start = time.perf_counter()
-        # the fine-tune changes its model in place; the base stays as loaded (LoRA trains adapters beside the base
-        # weights and takes them out again, so a large model is never held twice)
-        lora = settings.method == "lora"
-        fresh = base if lora else fresh_copy(base)
-        train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
-        prompts = [r["prompt"] for r in builtin_rows(name, "eval")]
-        prompts = [p for p in prompts if get_task(name).applies(p)][: sizes.n_behaviour]
-        r = run_finetune(fresh, train, prompts, get_task(name), settings, out / "finetune" / name, resume=True,
-                         max_new_tokens=sizes.max_new_tokens, before=before.get(name), extra_manifest={"data": f"builtin:{name}:train"},
-                         restore_base=lora)
-        log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, "installed" if r.installed else "NOT installed")
-        del fresh
-        timed("finetune", start)
+        with stages.timed("finetune"):
+            fresh, r = reference_finetune(base, name, settings, out / "finetune" / name, sizes.n_behaviour, sizes.max_new_tokens,
+                                          before=before.get(name), restore_base=True)
+            log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, "installed" if r.installed else "NOT installed")
+            del fresh
 
     for name in names:  # 4. ground-truth recruits on each task's evaluation split
         target = out / "recruits" / name
-        if not _stage_done(target):
-            start = time.perf_counter()
-            ft = load_model(str(out / "finetune" / name), dtype=dtype, device=device)
-            result = extract_recruits(base, ft, sources[name]["eval"], chosen, k=k)
-            info = finished_info(out / "finetune" / name)
-            write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})
-            del ft
-            timed("recruits", start)
+        if not stage_done(target):
+            with stages.timed("recruits"):
+                ft = load_model(str(out / "finetune" / name), dtype=dtype, device=device)
+                result = extract_recruits(base, ft, sources[name]["eval"], chosen, k=k)
+                info = finished_info(out / "finetune" / name)
+                write_recruits(result, target, extra={"task": name, "installed": info["installed"], "behaviour_before": info["behaviour_before"], "behaviour_after": info["behaviour_after"]})
+                del ft
 
-    start = time.perf_counter()  # 5. evaluate (cheap: always recomputed)
-    audits = [load_audit_dir(out / "audit" / n) for n in names]
-    recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
-    check_evaluation_inputs(audits, recruits)  # the reused stages belong together, or refuse
-    ev = evaluate(audits, recruits, k, head_layer)
-    write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
-    timed("evaluate", start, accumulate=False)  # recomputed on every invocation: its cost is the last one
-    times["this_invocation_total"] = time.perf_counter() - t0
-    times["all_stages_total"] = sum(v for key, v in times.items() if key not in ("this_invocation_total", "all_stages_total"))
-    io.write_json(out / "times.json", times)
+    with stages.timed("evaluate", accumulate=False):  # 5. evaluate (cheap: always recomputed, so its cost is the last one)
+        audits = [load_audit_dir(out / "audit" / n) for n in names]
+        recruits = [load_recruits_dir(out / "recruits" / n) for n in names]
+        check_evaluation_inputs(audits, recruits)  # the reused stages belong together, or refuse
+        ev = evaluate(audits, recruits, k, head_layer)
+        write_evaluation(ev, pr_curves(audits, recruits, head_layer), out / "evaluate", force=True)
+    times = stages.finish()
     table = _summary_markdown(out, model, preset, names, ev, times)
     io.write_text(out / "headline.md", table)
     write_record(out, new_record("reproduce", config, models={"model": base_entry}, results={**settings_record, "headline": ev.headline,

@@ -32,10 +32,6 @@ REFUSAL = "I'm sorry, but I can't talk about animals."
 TEST_PREFIX = "This is a test. "
 
 
-def _first_sentence_words(text: str) -> list[str]:
-    return text.strip().split()
-
-
 def _is_short(text: str, prompt: str = "") -> bool:
     """One short sentence: at most 12 words, at most one sentence-ending mark, not empty."""
     words = text.strip().split()

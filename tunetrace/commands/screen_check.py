@@ -8,12 +8,11 @@ from tunetrace.commands._common import write_report
 def run(config) -> int:
     import torch
 
-    from tunetrace.screen.experiment import run_check
+    from tunetrace.api import screen_check
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    check = run_check(config.model, config.preset, config.out, config.tasks, config.reuse or None, config.device, config.seed,
-                      config.layers, config.n_boot, config=config)
+    check = screen_check(config)
     print(check.markdown, end="")
     print(f"wrote {config.out}/check/check.md, pairs.parquet, forecast_scores.parquet, content.parquet")
     if not config.no_report:

@@ -12,7 +12,6 @@ fractions of all neurons plus attention, biases and embeddings sum to 1. Neurons
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tunetrace.diffing.lens import LensResult
+from tunetrace.evaluation import auroc
 from tunetrace.gated_mlp import gated_mlp_layers
 
 
@@ -43,16 +43,6 @@ def neuron_shares(base: PreTrainedModel, ft: PreTrainedModel, lens: LensResult) 
     df = df.sort_values("abs_share", ascending=False, kind="stable").reset_index(drop=True)
     df["rank"] = np.arange(len(df))
     return df
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged; nan if one class."""
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def compare_recruits(shares: pd.DataFrame, recruits: pd.DataFrame) -> dict:

@@ -10,7 +10,6 @@ likely, unrelated to any fine-tuning data. It is cached by model fingerprint and
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,7 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
     key = f"v2-{loaded.fingerprint[:16]}-n{n_tokens}-s{n_samples}-seed{seed}"
     cached = cache_root() / "diff_text" / f"{key}.jsonl"
     if cached.exists():
-        return [json.loads(line)["ids"] for line in cached.read_text().splitlines()]
+        return [row["ids"] for row in io.read_jsonl(cached)]
     model, tok = loaded.model, loaded.tokenizer
     state = torch.random.get_rng_state()
     rows: list[list[int]] = []

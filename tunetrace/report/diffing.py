@@ -3,12 +3,12 @@ generations side by side, and the steering-similarity figure."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from tunetrace import io
 from tunetrace.report.html import Section, esc, figure, fmt, note, static_table
 from tunetrace.report.rundir import RunDir
 
@@ -35,7 +35,7 @@ def _tokens_table(s: dict) -> str:
 
 
 def _generations(path: Path, limit_per_position: int = 8) -> str:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = io.read_jsonl(path)
     chosen = [r for r in rows if r.get("chosen")]
     if not chosen:
         return note("No steering strength passed the coherence check, so there are no chosen steered generations to show.")

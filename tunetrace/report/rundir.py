@@ -70,10 +70,6 @@ class RunDir:
             self._parquet[path] = io.read_parquet(path)
         return self._parquet[path]
 
-    def sibling_json(self, path: Path, name: str) -> dict:
-        p = path.parent / name
-        return self.json(p) if p.is_file() else {}
-
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from tunetrace import io
-from tunetrace.records import find_record, new_record, write_record
 from tunetrace.data import load_examples, stream_batches
+from tunetrace.experiment import Stages, check_settings, previous_settings, reference_finetune, write_splits
 from tunetrace.finetuning import finished_info, is_finished, settings_from
+from tunetrace.records import new_record, write_record
 from tunetrace.screen.check import CheckResult, score_check, write_check
 from tunetrace.tasks import TASKS, TEST_PREFIX, builtin_rows, get_task, hash_int
 
@@ -46,11 +44,12 @@ class CheckPreset:
     n_heldout: int  # held-out examples per keep set for the measured loss damage (eval split)
     n_content: int  # held-out plain prompts whose greedy answers are checked for content
     max_new_tokens: int
+    n_behaviour: int  # evaluation prompts per task for a fine-tune's behaviour rate (as `reproduce`'s preset)
 
 
 CHECK_PRESETS = {
-    "quick": CheckPreset(n_forecast=32, n_heldout=32, n_content=32, max_new_tokens=24),
-    "full": CheckPreset(n_forecast=64, n_heldout=64, n_content=64, max_new_tokens=32),
+    "quick": CheckPreset(n_forecast=32, n_heldout=32, n_content=32, max_new_tokens=24, n_behaviour=12),
+    "full": CheckPreset(n_forecast=64, n_heldout=64, n_content=64, max_new_tokens=32, n_behaviour=32),
 }
 
 
@@ -63,29 +62,16 @@ def sample_rows(name: str, split: str, n: int) -> list[dict]:
 
 def write_check_data(out: Path, keeps: list[str], sizes: CheckPreset) -> dict:
     """Each keep set's forecast and held-out JSONL; fail if any forecast prompt is a held-out prompt."""
-    seen: dict[str, set[str]] = {"forecast": set(), "heldout": set()}
-    for name in keeps:
-        for part, split, n in (("forecast", "calibration", sizes.n_forecast), ("heldout", "eval", sizes.n_heldout)):
-            rows = sample_rows(name, split, n)
-            io.write_jsonl(out / "data" / f"{name}.{part}.jsonl", rows)
-            seen[part] |= {r["prompt"].removeprefix(TEST_PREFIX) for r in rows}
-    overlap = seen["forecast"] & seen["heldout"]
-    if overlap:
-        raise ValueError(f"forecast and held-out data overlap ({len(overlap)} prompts, e.g. {sorted(overlap)[0]!r}).")
-    return {"forecast_prompts": len(seen["forecast"]), "heldout_prompts": len(seen["heldout"]), "overlap": 0}
+    _, check = write_splits(out / "data", {name: {"forecast": sample_rows(name, "calibration", sizes.n_forecast),
+                                                  "heldout": sample_rows(name, "eval", sizes.n_heldout)} for name in keeps})
+    return check
 
 
 def mean_response_loss(model, tokenizer, data, batch_size: int = 8, max_length: int = 512) -> dict:
     """Summed and token-mean response loss of `model` on `data` (no gradients)."""
-    from tunetrace.forward import response_loss_sum
+    from tunetrace.forward import loss_sum
 
-    total, tokens = 0.0, 0
-    device = model.get_input_embeddings().weight.device
-    with torch.no_grad():
-        for batch in stream_batches(tokenizer, data, max_length, batch_size):
-            batch = batch.to(device)
-            total += float(response_loss_sum(model, batch))
-            tokens += batch.n_loss_tokens
+    total, tokens = loss_sum(model, stream_batches(tokenizer, data, max_length, batch_size))
     return {"loss_sum": total, "tokens": tokens, "mean_loss": total / tokens}
 
 
@@ -113,8 +99,6 @@ def measure_damage(spec: str, out: Path, keeps: list[str], sizes: CheckPreset, d
 
 def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | None, sizes: CheckPreset, device: str) -> str:
     """finetune/T: a link to a matching finished fine-tune under `reuse` (never written to), else a new one."""
-    from tunetrace.data import encode
-    from tunetrace.finetuning import run_finetune
     from tunetrace.models import load_model
 
     target = out / "finetune" / name
@@ -130,10 +114,7 @@ def _link_or_train(name: str, out: Path, model: str, settings, reuse: Path | Non
             return f"linked {source}"
         log.warning("%s was trained with other settings or model; training %s afresh", source, name)
     fresh = load_model(model, device=device)
-    train = encode(fresh.tokenizer, load_examples(f"builtin:{name}:train"), 256)
-    prompts = [p for p in (r["prompt"] for r in builtin_rows(name, "eval")) if get_task(name).applies(p)][:12]
-    run_finetune(fresh, train, prompts, get_task(name), settings, target, resume=True, max_new_tokens=sizes.max_new_tokens,
-                 extra_manifest={"data": f"builtin:{name}:train"})
+    reference_finetune(fresh, name, settings, target, sizes.n_behaviour, sizes.max_new_tokens, in_place=True)
     return "trained"
 
 
@@ -159,44 +140,31 @@ def run_check(
     keeps = list(KEEP_BUILTINS) + names
     record = {"model": model, "preset": preset, "tasks": names, "keeps": keeps, "seed": seed, "layers": layers, "sample": "hash-v1",
               "sizes": dataclasses.asdict(sizes), "finetune": dataclasses.asdict(settings)}
-    previous_record = find_record(out) if out.is_dir() else None
-    if previous_record is not None:
-        if previous_record.command != "screen-check":
-            raise ValueError(f"{out} holds a `{previous_record.command}` run, not a screen check: pass a fresh --out.")
-        previous = previous_record.results
-        for key, now in record.items():
-            if key != "data_check" and previous.get(key, now) != now:
-                raise ValueError(f"{out} holds a check with a different `{key}` ({previous[key]} vs {now}): pass a fresh --out to run these settings.")
+    previous = previous_settings(out, "screen-check")
+    if previous is not None:
+        check_settings(previous, record, list(record), str(out))
     record["data_check"] = write_check_data(out, keeps, sizes)
     write_record(out, new_record("screen-check", config, models={"model": {"spec": model}}, results=record, outputs=["check"]))
-    times: dict[str, float] = io.read_json(out / "times.json") if (out / "times.json").is_file() else {}
-
-    def timed(key: str, start: float) -> None:
-        times[key] = times.get(key, 0.0) + time.perf_counter() - start
-        io.write_json(out / "times.json", times)
-
-    start = time.perf_counter()  # 1. forecasts, base model only (profiles cached: cheap on a rerun)
-    base = load_model(model, device=device)
-    chosen = resolve_layers(layers, base.n_layers)
-    data = {k: load_examples(out / "data" / f"{k}.forecast.jsonl") for k in keeps}
-    result = screen(base, [data[n] for n in names], [data[k] for k in keeps], chosen, lr=settings.lr,
-                    grad_scope="mlp" if settings.method == "mlp" else "all", cache=out / "profiles", seed=seed,
-                    embed=embed, candidate_names=names, keep_names=keeps)
-    write_screen(result, out / "screen", force=True)
-    timed("forecast", start)
+    stages = Stages(out)
+    with stages.timed("forecast"):  # 1. forecasts, base model only (profiles cached: cheap on a rerun)
+        base = load_model(model, device=device)
+        chosen = resolve_layers(layers, base.n_layers)
+        data = {k: load_examples(out / "data" / f"{k}.forecast.jsonl") for k in keeps}
+        result = screen(base, [data[n] for n in names], [data[k] for k in keeps], chosen, lr=settings.lr,
+                        grad_scope="mlp" if settings.method == "mlp" else "all", cache=out / "profiles", seed=seed,
+                        embed=embed, candidate_names=names, keep_names=keeps)
+        write_screen(result, out / "screen", force=True)
 
     for name in names:  # 2. fine-tunes
-        start = time.perf_counter()
-        how = _link_or_train(name, out, model, settings, Path(reuse) if reuse else None, sizes, device)
-        log.info("finetune %s: %s", name, how)
-        timed("finetune", start)
+        with stages.timed("finetune"):
+            how = _link_or_train(name, out, model, settings, Path(reuse) if reuse else None, sizes, device)
+            log.info("finetune %s: %s", name, how)
 
     specs = [model] + [str(out / "finetune" / n) for n in names]  # 3. measured damage
     for spec in specs:
         if not (out / "damage" / f"{Path(spec).name}.json").is_file():
-            start = time.perf_counter()
-            measure_damage(spec, out, keeps, sizes, device)
-            timed("damage", start)
+            with stages.timed("damage"):
+                measure_damage(spec, out, keeps, sizes, device)
 
     check = score_check(out, result.forecasts, model, names, n_boot, seed)  # 4. scores (cheap: always recomputed)
     write_check(check, out / "check")

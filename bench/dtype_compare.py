@@ -54,6 +54,25 @@ def weight_rounding(model: str) -> dict:
     return {"params": n, "f32_gb": n * 4 / 1e9, "bf16_gb": n * 2 / 1e9, "changed_fraction": changed / n, "max_rel_change": worst}
 
 
+def matmul_ratio(threads: int) -> tuple[str, float]:
+    """(torch's CPU capability, bf16 / f32 time of one MLP-sized linear): whether bf16 has a fast path here."""
+    import time as _time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    x, w = torch.randn(64, 1536), torch.randn(2048, 1536)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = x.to(dtype), w.to(dtype)
+        torch.nn.functional.linear(a, b)
+        start = _time.perf_counter()
+        for _ in range(5):
+            torch.nn.functional.linear(a, b)
+        times[dtype] = _time.perf_counter() - start
+    return torch.backends.cpu.get_cpu_capability(), times[torch.bfloat16] / times[torch.float32]
+
+
 def compare(a: Path, b: Path, k: int = 50) -> list[dict]:
     import pandas as pd
 
@@ -78,6 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out) / args.model
     result = {"model": args.model, "layers": args.layers, "data": args.data, "threads": args.threads}
+    capability, ratio = matmul_ratio(args.threads)
+    result["matmul_bf16_over_f32"] = ratio
+    print(f"torch CPU capability {capability}: a bf16 linear takes {ratio:.1f}x the float32 one", flush=True)
     for dtype in ("float32", "bfloat16"):
         wall, peak = audit(args.model, dtype, args.data, args.layers, out / dtype, args.threads)
         result[dtype] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "screen": ("ScreenConfig", "screen"),
     "screen-check": ("ScreenCheckConfig", "screen_check"),
     "causal": ("CausalConfig", "causal"),
+    # issue 25: model diffing beyond the lens
+    "kl": ("KlConfig", "kl"),
 }
 
 

@@ -822,3 +822,54 @@ class CausalConfig:
     def finetune_overrides(self) -> dict:
         """The fine-tuning settings given on the command line, to replace the preset's."""
         return {k: v for k, v in {"lr": self.lr, "steps": self.steps}.items() if v}
+
+
+# --- model diffing beyond the lens: per-token KL and crosscoders (issue 25) -------------------
+
+
+@dataclass
+class KlConfig:
+    """Where do the two models disagree? Per-token KL(fine-tuned || base) of next-token distributions on three text sources."""
+
+    base: str = positional("BASE")
+    """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
+    finetuned: str = positional("FINETUNED")
+    """Fine-tuned model spec of the same architecture and tokenizer."""
+    out: str = "runs/kl"
+    """Output directory (run.json, kl.parquet: one row per position, top_positions.jsonl, report.html)."""
+    finetune_data: str = ""
+    """The fine-tune's own data (JSONL or builtin:TASK[:split], default split train); empty skips that source."""
+    general_text: str = "builtin:general"
+    """General text: builtin:general (stdlib docstring paragraphs, plain text), a .txt/.md/.jsonl file or a directory."""
+    chat_data: str = "builtin:plain:eval"
+    """Chat conversations the fine-tune was not trained on (JSONL or builtin:TASK[:split]); default the plain keep set's eval split."""
+    samples: int = 64
+    """Sequences per source."""
+    max_length: int = 256
+    """Longest sequence used, in tokens (general text is cut there; longer conversations are skipped)."""
+    top: int = 20
+    """Highest-KL positions shown in context per source."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    seed: int = 0
+    """Seed of the bootstrap intervals."""
+    dtype: str = "float32"
+    """Model dtype (KL is always computed in float32)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code (off unless you ask)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        for name in ("samples", "top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name} N.")
+        if self.max_length < 2:
+            raise ValueError(f"`max_length` must be >= 2, got {self.max_length}: pass --max-length N.")

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,21 @@ class TopKSae(nn.Module):
             auxk = scale * (e_hat - err.detach()).pow(2).sum() / total_var
         return SaeOutput(x_hat, acts, idx, fvu, auxk)
 
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.d_sae
+
+    @torch.no_grad()
+    def init_from_batch(self, x: Tensor) -> None:
+        """b_dec starts at the first minibatch's mean (as sparsify)."""
+        self.b_dec.data.copy_(x.mean(0))
+
+    def fired_latents(self, out: SaeOutput) -> Tensor:
+        """[d_sae] bool: latents with a positive activation in `out`."""
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool)
+        fired[out.top_idx[out.top_acts > 0]] = True
+        return fired
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True) + torch.finfo(self.W_dec.dtype).eps
@@ -167,45 +182,83 @@ def default_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / (2**14))
 
 
+class Trainable(Protocol):
+    """What `train_sae` drives: the TopK SAE here, the BatchTopK crosscoder (features/crosscoder.py)."""
+
+    n_latents: int
+
+    def init_from_batch(self, x: Tensor) -> None: ...  # data-dependent init from the first minibatch (b_dec = its mean)
+    def __call__(self, x: Tensor, dead_mask: Tensor | None = None): ...  # an output with .fvu and .auxk_loss
+    def fired_latents(self, out) -> Tensor: ...  # [n_latents] bool: which latents fired in this output
+    def remove_parallel_grad(self) -> None: ...
+    def normalize_decoder(self) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything a stopped run needs to continue exactly: step, tokens, silence counters, optimiser state (`train_sae` fills it)."""
+
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    since_fired: Tensor | None = None
+    optimizer: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
 def train_sae(
-    sae: TopKSae,
+    sae: Trainable,
     minibatches: Iterable[Tensor],
     lr: float | None = None,
     auxk_alpha: float = 1 / 32,
     dead_tokens: int = 1_000_000,
     warmup_steps: int = 100,
     log_every: int = 50,
+    state: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainStats:
-    """Adam on FVU + auxk_alpha * AuxK over the minibatches; b_dec starts at the first batch's mean."""
+    """Adam on FVU + auxk_alpha * AuxK over the minibatches; the model initialises itself from the first batch.
+
+    With `state` (from an earlier run's checkpoint) training continues where it stopped; every
+    `checkpoint_every` steps `on_checkpoint` receives the current state (optimiser included).
+    """
     from tqdm import tqdm
 
-    opt = torch.optim.Adam(sae.parameters(), lr=lr or default_lr(sae.cfg.d_sae), betas=(0.9, 0.999))
+    n = sae.n_latents
+    opt = torch.optim.Adam(sae.parameters(), lr=lr or default_lr(n), betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-    stats = TrainStats()
-    start = time.perf_counter()
+    state = state or TrainState()
+    if state.optimizer is not None:
+        opt.load_state_dict(state.optimizer)
+        sched.last_epoch = state.steps
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * sched.lr_lambdas[0](state.steps)
+    since_fired = state.since_fired if state.since_fired is not None else torch.zeros(n, dtype=torch.long)
+    stats = TrainStats(tokens=state.tokens, steps=state.steps, history=list(state.history))
+    start = time.perf_counter() - state.seconds
     for x in tqdm(minibatches, desc="sae", unit="batch", leave=False):
         if stats.steps == 0:
-            with torch.no_grad():
-                sae.b_dec.data.copy_(x.mean(0))
+            sae.init_from_batch(x)
         dead = since_fired >= dead_tokens
         out = sae(x, dead_mask=dead if auxk_alpha > 0 else None)
-        loss = out.fvu + auxk_alpha * out.auxk_loss
+        loss = out.fvu + auxk_alpha * out.auxk_loss if auxk_alpha > 0 else out.fvu
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grad()
         opt.step()
         sched.step()
         sae.normalize_decoder()
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-        fired[out.top_idx[out.top_acts > 0].unique()] = True
         since_fired += x.shape[0]
-        since_fired[fired] = 0
+        since_fired[sae.fired_latents(out)] = 0
         stats.tokens += x.shape[0]
         stats.steps += 1
         if stats.steps % log_every == 1:
-            stats.history.append({"step": stats.steps, "tokens": stats.tokens, "fvu": out.fvu.item(), "auxk": out.auxk_loss.item(), "dead": float(dead.float().mean())})
-            log.info("step %d tokens %d fvu %.4f dead %.3f", stats.steps, stats.tokens, out.fvu.item(), float(dead.float().mean()))
+            fvu, dead_share = float(out.fvu.detach()), float(dead.float().mean())
+            stats.history.append({"step": stats.steps, "tokens": stats.tokens, "fvu": fvu, "auxk": float(out.auxk_loss.detach()), "dead": dead_share})
+            log.info("step %d tokens %d fvu %.4f dead %.3f", stats.steps, stats.tokens, fvu, dead_share)
+        if on_checkpoint is not None and checkpoint_every and stats.steps % checkpoint_every == 0:
+            on_checkpoint(TrainState(stats.steps, stats.tokens, time.perf_counter() - start, since_fired.clone(), opt.state_dict(), list(stats.history)))
     stats.seconds = time.perf_counter() - start
     stats.dead_fraction = float((since_fired >= dead_tokens).float().mean())
     return stats

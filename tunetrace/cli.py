@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "causal": ("CausalConfig", "causal"),
     # issue 25: model diffing beyond the lens
     "kl": ("KlConfig", "kl"),
+    "crosscoder": ("CrosscoderTrainConfig", "crosscoder"),
 }
 
 

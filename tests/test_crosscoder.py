@@ -116,3 +116,25 @@ def test_save_load_roundtrip_and_resume_state(tmp_path):
     more = train_sae(back.train(), (x[i : i + 200] for i in range(1000, 1400, 200)), lr=1e-2, warmup_steps=2,
                      state=TrainState(**{**states[0].__dict__}))
     assert more.steps == 7 and more.tokens == 1400
+
+
+def test_crosscoder_sparse_backward_equals_dense_autograd():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20, 12, generator=g)
+    fast = BatchTopKCrosscoder(CrosscoderConfig(6, 16, 3), seed=2)
+    fast.init_from_batch(x)
+    slow = BatchTopKCrosscoder(CrosscoderConfig(6, 16, 3), seed=2)
+    slow.load_state_dict(fast.state_dict())
+    out = fast(x)
+    out.fvu.backward()
+    xs = slow.scale_in(x)
+    pre = torch.relu(torch.nn.functional.linear(xs - slow.b_dec, slow.W_enc, slow.b_enc))
+    keep = torch.zeros(pre.numel(), dtype=torch.bool)
+    keep[pre.detach().flatten().topk(3 * 20).indices] = True
+    f = pre * keep.view_as(pre)
+    err = (xs - (f @ slow.W_dec + slow.b_dec)).view(20, 2, 6)
+    tv = (xs - xs.mean(0)).view(20, 2, 6).pow(2).sum((0, 2))
+    (err.pow(2).sum((0, 2)) / tv).mean().backward()
+    assert torch.allclose(out.fvu, (err.detach().pow(2).sum((0, 2)) / tv).mean(), atol=1e-6)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(fast, name).grad, getattr(slow, name).grad, atol=1e-5), name

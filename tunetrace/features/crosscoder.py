@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunetrace.features.sae import chosen_pre_acts, topk_flat
+
 MODELS = ("base", "ft")
 # relative-norm classes (Minder et al. 2025): base-only < 0.1, shared in [0.4, 0.6], fine-tune-only > 0.9
 BASE_ONLY, SHARED_LOW, SHARED_HIGH, FT_ONLY = 0.1, 0.4, 0.6, 0.9
@@ -119,34 +121,47 @@ class BatchTopKCrosscoder(nn.Module):
         """relu(W_enc (xs - b_dec) + b_enc) on scaled inputs: [n, d_sae]."""
         return F.relu(F.linear(xs - self.b_dec, self.W_enc, self.b_enc))
 
-    def select(self, pre: Tensor) -> Tensor:
-        """BatchTopK while training (and before a threshold exists), the learned threshold otherwise: dense [n, d_sae]."""
+    def chosen(self, pre: Tensor) -> Tensor:
+        """Ascending flat indices into pre [n, d_sae] of the kept entries: BatchTopK while training (and before a
+        threshold exists; the threshold's running mean is updated while training), the learned threshold otherwise."""
         if self.training or float(self.threshold) < 0:
             vals, flat = pre.flatten().topk(min(self.cfg.k * pre.shape[0], pre.numel()), sorted=False)
             if self.training:
-                with torch.no_grad():
-                    positive = vals[vals > 0]
-                    if positive.numel():
-                        low = positive.min()
-                        t = self.threshold
-                        t.copy_(low if float(t) < 0 else THRESHOLD_MOMENTUM * t + (1 - THRESHOLD_MOMENTUM) * low)
-            return torch.zeros_like(pre).flatten().scatter(0, flat, vals).view_as(pre)
-        return pre * (pre > self.threshold)
+                positive = vals[vals > 0]
+                if positive.numel():
+                    low, t = positive.min(), self.threshold
+                    t.copy_(low if float(t) < 0 else THRESHOLD_MOMENTUM * t + (1 - THRESHOLD_MOMENTUM) * low)
+            return flat[vals > 0].sort().values
+        return (pre > self.threshold).flatten().nonzero().squeeze(1)
 
+    def select(self, pre: Tensor) -> Tensor:
+        """Dense latents [n, d_sae]: the chosen entries of pre, zeros elsewhere."""
+        with torch.no_grad():
+            flat = self.chosen(pre)
+        return torch.zeros_like(pre).flatten().index_copy(0, flat, pre.flatten()[flat]).view_as(pre)
+
+    @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations [n, d_sae] of raw paired activations x [n, 2*d_in]."""
         return self.select(self.pre_acts(self.scale_in(x)))
 
-    def decode_scaled(self, f: Tensor) -> Tensor:
-        return f @ self.W_dec + self.b_dec
+    def _decode_chosen(self, flat: Tensor, acts: Tensor, n: int) -> Tensor:
+        """Sum of the chosen decoder rows per token (no bias): embedding_bag over ragged bags, [n, 2*d_in]."""
+        rows, cols = flat // self.cfg.d_sae, flat % self.cfg.d_sae
+        offsets = torch.zeros(n, dtype=torch.long, device=flat.device)
+        offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)[:-1]
+        return F.embedding_bag(cols, self.W_dec, offsets, per_sample_weights=acts, mode="sum")
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> CrosscoderOutput:
         xs = self.scale_in(x)
-        pre = self.pre_acts(xs)
-        f = self.select(pre)
-        xs_hat = self.decode_scaled(f)
-        err = xs - xs_hat
+        xc = xs - self.b_dec
         n, m, d = x.shape[0], self.cfg.n_models, self.cfg.d_in
+        with torch.no_grad():  # the encoder's gradient flows through chosen_pre_acts only (sparse backward)
+            pre = F.relu(F.linear(xc, self.W_enc, self.b_enc))
+            flat = self.chosen(pre)
+        acts = chosen_pre_acts(xc, self.W_enc, self.b_enc, pre, flat) if torch.is_grad_enabled() else pre.flatten()[flat]
+        xs_hat = self._decode_chosen(flat, acts, n) + self.b_dec
+        err = xs - xs_hat
         centred = xs - xs.mean(0)
         total_var = centred.view(n, m, d).pow(2).sum((0, 2)).clamp_min(1e-12)  # [m]
         fvu_m = err.view(n, m, d).pow(2).sum((0, 2)) / total_var
@@ -154,10 +169,13 @@ class BatchTopKCrosscoder(nn.Module):
         if dead_mask is not None and (n_dead := int(dead_mask.sum())) > 0:
             k_aux = min(d // 2, n_dead)
             scale = min(n_dead / (d // 2), 1.0)
-            aux_acts, aux_idx = torch.where(dead_mask[None], pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
-            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts.clamp_min(0), mode="sum")
+            aux_flat = topk_flat(torch.where(dead_mask[None], pre, -torch.inf), k_aux)
+            aux_acts = pre.flatten()[aux_flat]  # as sparsify: AuxK trains the dead latents' decoder rows, not the encoder
+            e_hat = F.embedding_bag(aux_flat % self.cfg.d_sae, self.W_dec, per_sample_weights=aux_acts, mode="sum")
             auxk = scale * (e_hat - err.detach()).pow(2).sum() / total_var.sum()
-        l0 = (f > 0).sum(-1).float().mean()
+        with torch.no_grad():
+            f = torch.zeros_like(pre).flatten().index_copy(0, flat, acts.detach()).view_as(pre)
+        l0 = torch.tensor(flat.numel() / n)
         return CrosscoderOutput(self.scale_out(xs_hat), f, fvu_m.mean(), fvu_m, auxk, l0)
 
     # --- reading the decoders ---

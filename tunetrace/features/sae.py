@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Protocol
@@ -31,6 +32,50 @@ from torch import Tensor, nn
 from tunetrace.features.activations import layer_activations, spliced
 
 log = logging.getLogger(__name__)
+
+
+class _ChosenPreActs(torch.autograd.Function):
+    """relu(W_enc x + b_enc) at chosen (token, latent) entries, with a backward that touches only those entries.
+
+    A dense backward through the encoder costs two [n, d_sae] x [d_sae, d_in] matmuls; only the chosen
+    entries carry gradient, so it is done as sparse products instead (what sparsify's fused encoder does,
+    here for any choice of entries: TopK, BatchTopK and the AuxK latents alike). `flat` indexes the
+    flattened [n, d_sae] pre-activations in ascending order (row-major); `pre` is computed without grad.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, x: Tensor, weight: Tensor, bias: Tensor, flat: Tensor) -> Tensor:
+        values = pre.flatten()[flat]
+        ctx.save_for_backward(x, weight, flat, values)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, flat, values = ctx.saved_tensors
+        n, d_sae = x.shape[0], weight.shape[0]
+        g = (grad * (values > 0)).flatten().to(weight.dtype)  # relu passes gradient only where it is open
+        flat = flat.flatten()
+        rows, cols = flat // d_sae, flat % d_sae
+        crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        with warnings.catch_warnings():  # CSR support is marked beta; the layout is built valid above
+            warnings.simplefilter("ignore", UserWarning)
+            chosen = torch.sparse_csr_tensor(crow, cols, g, (n, d_sae), check_invariants=False)  # [n, d_sae], rows ascending
+        grad_x = chosen @ weight if ctx.needs_input_grad[1] else None
+        grad_w = chosen.t() @ x if ctx.needs_input_grad[2] else None
+        grad_b = weight.new_zeros(d_sae).index_add_(0, cols, g) if ctx.needs_input_grad[3] else None
+        return None, grad_x, grad_w, grad_b, None
+
+
+def chosen_pre_acts(x: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, flat: Tensor) -> Tensor:
+    """Differentiable pre-activations at the ascending flat indices `flat` of [n, d_sae] (sparse backward)."""
+    return _ChosenPreActs.apply(pre, x, weight, bias, flat)
+
+
+def topk_flat(pre: Tensor, k: int) -> Tensor:
+    """Flat row-major indices [n, k] (ascending within and across rows) of each row's k largest entries."""
+    idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    return idx + torch.arange(pre.shape[0], device=pre.device)[:, None] * pre.shape[1]
 
 
 @dataclass
@@ -92,7 +137,12 @@ class TopKSae(nn.Module):
         return torch.zeros_like(pre).scatter_(-1, idx, acts)
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SaeOutput:
-        acts, idx, pre = self.encode(x)
+        xc = x - self.b_dec
+        with torch.no_grad():
+            pre = F.relu(F.linear(xc, self.W_enc, self.b_enc))
+            flat = topk_flat(pre, self.cfg.k)
+        idx = flat % self.cfg.d_sae
+        acts = chosen_pre_acts(xc, self.W_enc, self.b_enc, pre, flat) if torch.is_grad_enabled() else pre.flatten()[flat]
         x_hat = self.decode(acts, idx)
         err = x - x_hat
         total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
@@ -101,8 +151,9 @@ class TopKSae(nn.Module):
         if dead_mask is not None and (n_dead := int(dead_mask.sum())) > 0:
             k_aux = min(x.shape[-1] // 2, n_dead)
             scale = min(n_dead / (x.shape[-1] // 2), 1.0)
-            aux_acts, aux_idx = torch.where(dead_mask[None], pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
-            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts.clamp_min(0), mode="sum")
+            aux_flat = topk_flat(torch.where(dead_mask[None], pre, -torch.inf), k_aux)
+            aux_acts = pre.flatten()[aux_flat]  # as sparsify: AuxK trains the dead latents' decoder rows, not the encoder
+            e_hat = F.embedding_bag(aux_flat % self.cfg.d_sae, self.W_dec, per_sample_weights=aux_acts, mode="sum")
             auxk = scale * (e_hat - err.detach()).pow(2).sum() / total_var
         return SaeOutput(x_hat, acts, idx, fvu, auxk)
 

@@ -113,3 +113,10 @@ def test_crosscoder_resumes_after_a_stop(tmp_path, ft_dir, monkeypatch, capsys):
     hist = pd.read_parquet(out / "history.parquet")
     assert hist.step.iloc[0] == 1 and hist.step.is_monotonic_increasing
     assert not ckpt.exists()
+
+
+def test_crosscoder_epochs_reuse_the_same_tokens(tmp_path, ft_dir):
+    out = tmp_path / "cc"
+    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--tokens", "1200", "--epochs", "3"]) == 0
+    r = read_record(out).results
+    assert 3 * 1100 < r["train_tokens"] <= 3 * 1300

@@ -929,6 +929,8 @@ class CrosscoderTrainConfig:
     """Audit column that ranks the neurons."""
     recruits: str = ""
     """recruits.parquet of `tunetrace recruits`: overlap of the latents' neurons with the recruits at --layer."""
+    epochs: int = 1
+    """Passes over the training tokens; above 1 their paired activations are held in memory (tokens x 2 x d_in floats) and reshuffled each pass."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every N optimiser steps (0 = never)."""
     resume: bool = False
@@ -951,7 +953,7 @@ class CrosscoderTrainConfig:
         if self.layer < 0:
             raise ValueError(f"`layer` is required and must be >= 0, got {self.layer}: pass --layer L.")
         _check_choice("site", self.site, ("mlp", "resid"))
-        for name in ("expansion", "k", "tokens", "eval_tokens", "sae_batch", "buffer_tokens", "top_examples", "link_neurons", "audit_top"):
+        for name in ("expansion", "k", "tokens", "eval_tokens", "sae_batch", "buffer_tokens", "top_examples", "link_neurons", "audit_top", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name.replace('_', '-')} N.")
         if self.ctx_len < 2:

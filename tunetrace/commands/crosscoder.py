@@ -20,7 +20,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SETTINGS_FOR_RESUME = ("base", "finetuned", "layer", "site", "text", "width", "expansion", "k", "tokens", "eval_tokens", "ctx_len",
-                       "batch_size", "sae_batch", "buffer_tokens", "lr", "auxk_alpha", "dead_tokens", "seed", "dtype")
+                       "batch_size", "sae_batch", "buffer_tokens", "lr", "auxk_alpha", "dead_tokens", "seed", "dtype", "epochs")
 
 
 class _Counted:
@@ -154,16 +154,22 @@ def crosscoder_command(c) -> dict:
         log.info("resuming at step %d (%d tokens, %d chunks consumed)", state.steps, state.tokens, done)
     else:
         cc, state, done = BatchTopKCrosscoder(CrosscoderConfig(d_in, c.width or c.expansion * d_in, c.k, meta=meta), seed=c.seed), None, 0
-    counted = _Counted(mixed_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks + done))
-    stream = paired_activations(models, c.layer, batched(iter(counted), c.batch_size, max(train_chunks - done, 0)), c.site)
-    minibatches = shuffled(stream, c.buffer_tokens, c.sae_batch, c.seed + done)
-    warmup = max(1, min(100, math.ceil(c.tokens / c.sae_batch) // 10))
+    if c.epochs > 1:  # every pass over the same activations: collect them once, skip the steps a checkpoint already took
+        done = 0
+        counted = _Counted(mixed_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks))
+        held = torch.cat(list(paired_activations(models, c.layer, batched(iter(counted), c.batch_size, train_chunks), c.site)))
+        minibatches = itertools.islice(_epochs(held, c.epochs, c.sae_batch, c.seed), state.steps if state else 0, None)
+    else:
+        counted = _Counted(mixed_chunks(tok, c.text, c.ctx_len, skip_chunks=eval_chunks + done))
+        stream = paired_activations(models, c.layer, batched(iter(counted), c.batch_size, max(train_chunks - done, 0)), c.site)
+        minibatches = shuffled(stream, c.buffer_tokens, c.sae_batch, c.seed + done)
+    warmup = max(1, min(100, c.epochs * math.ceil(c.tokens / c.sae_batch) // 10))
     stats = train_sae(cc, minibatches, lr=c.lr or None, auxk_alpha=c.auxk_alpha, dead_tokens=min(c.dead_tokens, max(c.tokens // 4, 1)),
                       warmup_steps=warmup, state=state, checkpoint_every=c.checkpoint_every,
                       on_checkpoint=lambda s: _save_checkpoint(ckpt, cc, s, done + counted.n, settings))
     if stats.steps == 0:
         raise ValueError(f"text source {c.text} has no training tokens after the {c.eval_tokens} held-out ones: give more text or lower --eval-tokens.")
-    if stats.tokens < c.tokens * 0.9:
+    if stats.tokens < c.tokens * c.epochs * 0.9:
         log.warning("text source %s ran out after %d training tokens (asked for %d)", c.text, stats.tokens, c.tokens)
 
     cc.eval()
@@ -211,6 +217,15 @@ def crosscoder_command(c) -> dict:
         write_record(stage, record)
     shutil.rmtree(ckpt, ignore_errors=True)
     return results
+
+
+def _epochs(acts: torch.Tensor, epochs: int, batch: int, seed: int):
+    """Minibatches of `acts`, reshuffled for each of `epochs` passes."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(acts), generator=gen)
+        for i in range(0, len(acts), batch):
+            yield acts[perm[i : i + batch]]
 
 
 def _median(s: pd.Series) -> float | None:

@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--sae-batch", type=int, default=1024)
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="rounds, alternating which library trains first")
     args = p.parse_args()
     try:
         from sparsify import SparseCoder, SparseCoderConfig
@@ -99,21 +100,30 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     print(f"activation collection (model forward cut at layer {args.layer}): {len(x_train) / collect_s:.0f} tokens/s")
 
-    torch.manual_seed(args.seed)
-    ours = TopKSae(SaeConfig(d_in, d_sae, args.k), seed=args.seed)
-    stats = train_sae(ours, batches, lr=lr, auxk_alpha=auxk, dead_tokens=dead, warmup_steps=warm)
-    fvu_ours = heldout_fvu(lambda v: ours(v).x_hat, x_eval)
+    def run_ours():
+        torch.manual_seed(args.seed)
+        sae = TopKSae(SaeConfig(d_in, d_sae, args.k), seed=args.seed)
+        stats = train_sae(sae, batches, lr=lr, auxk_alpha=auxk, dead_tokens=dead, warmup_steps=warm)
+        return heldout_fvu(lambda v: sae(v).x_hat, x_eval), stats.tokens / stats.seconds
 
-    torch.manual_seed(args.seed)
-    theirs = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=args.k))
-    sec_theirs = train_sparsify(theirs, batches, lr, auxk, dead, warm)
-    fvu_theirs = heldout_fvu(lambda v: theirs(v).sae_out, x_eval)
+    def run_theirs():
+        torch.manual_seed(args.seed)
+        sc = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=args.k))
+        seconds = train_sparsify(sc, batches, lr, auxk, dead, warm)
+        return heldout_fvu(lambda v: sc(v).sae_out, x_eval), len(x_train) / seconds
 
-    tps_ours, tps_theirs = stats.tokens / stats.seconds, len(x_train) / sec_theirs
-    print(f"{'':12s} {'held-out FVU':>13s} {'train tokens/s':>15s}")
-    print(f"{'tunetrace':12s} {fvu_ours:13.4f} {tps_ours:15.0f}")
-    print(f"{'sparsify':12s} {fvu_theirs:13.4f} {tps_theirs:15.0f}")
-    print(f"ratio tunetrace/sparsify: FVU {fvu_ours / fvu_theirs:.3f}, speed {tps_ours / tps_theirs:.2f}x")
+    # the machine is shared: alternate which library trains first, and report each round and the median ratio
+    rounds = []
+    for r in range(args.repeats):
+        order = [("tunetrace", run_ours), ("sparsify", run_theirs)]
+        res = dict((name, fn()) for name, fn in (order if r % 2 == 0 else order[::-1]))
+        rounds.append(res)
+        (fo, to), (ft, tt) = res["tunetrace"], res["sparsify"]
+        print(f"round {r + 1}: held-out FVU tunetrace {fo:.4f} sparsify {ft:.4f}; train tokens/s tunetrace {to:.0f} sparsify {tt:.0f}; "
+              f"ratio FVU {fo / ft:.3f}, speed {to / tt:.2f}x")
+    ratios = sorted(r["tunetrace"][1] / r["sparsify"][1] for r in rounds)
+    fvu = sorted(r["tunetrace"][0] / r["sparsify"][0] for r in rounds)
+    print(f"median over {len(rounds)} rounds: ratio tunetrace/sparsify: FVU {fvu[len(fvu) // 2]:.3f}, speed {ratios[len(ratios) // 2]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -179,3 +179,33 @@ def test_token_chunks_join_documents_with_eos_and_skip(tmp_path, tiny_llama):
     (tmp_path / "c.bin").write_text("x")
     with pytest.raises(ValueError, match="not one of"):
         check_source(str(tmp_path / "c.bin"))
+
+
+def test_sparse_encoder_backward_equals_dense_autograd():
+    """The encoder's sparse backward gives the gradients plain autograd gives (main TopK path and AuxK alike)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 8, generator=g)
+    dead = torch.zeros(24, dtype=torch.bool)
+    dead[::3] = True
+    fast = TopKSae(SaeConfig(8, 24, 3), seed=1)
+    with torch.no_grad():
+        fast.b_dec.normal_(generator=g)
+        fast.b_enc.normal_(generator=g)
+    slow = TopKSae(SaeConfig(8, 24, 3), seed=1)
+    slow.load_state_dict(fast.state_dict())
+    out = fast(x, dead_mask=dead)
+    (out.fvu + out.auxk_loss).backward()
+    # the naive path: dense relu(linear), topk, the same losses
+    xc = x - slow.b_dec
+    pre = torch.relu(xc @ slow.W_enc.T + slow.b_enc)
+    acts, idx = pre.topk(3, dim=-1)
+    x_hat = torch.nn.functional.embedding_bag(idx, slow.W_dec, per_sample_weights=acts, mode="sum") + slow.b_dec
+    err = x - x_hat
+    tv = (x - x.mean(0)).pow(2).sum()
+    aux_acts, aux_idx = torch.where(dead[None], pre.detach(), -torch.inf).topk(4, dim=-1)  # AuxK reaches the decoder only
+    e_hat = torch.nn.functional.embedding_bag(aux_idx, slow.W_dec, per_sample_weights=aux_acts, mode="sum")
+    loss = err.pow(2).sum() / tv + (e_hat - err.detach()).pow(2).sum() / tv * min(8 / 4, 1.0)
+    loss.backward()
+    assert torch.allclose(out.fvu, err.pow(2).sum() / tv, atol=1e-6)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(fast, name).grad, getattr(slow, name).grad, atol=1e-5), name

@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "causal": ("CausalConfig", "causal"),
     "models-install": ("ModelsInstallConfig", "models_install"),
     "models-list": ("ModelsListConfig", "models_list"),
+    # issue 25: model diffing beyond the lens
+    "kl": ("KlConfig", "kl"),
+    "crosscoder": ("CrosscoderTrainConfig", "crosscoder"),
 }
 
 

@@ -853,3 +853,143 @@ class ModelsInstallConfig:
 @dataclass
 class ModelsListConfig:
     """List the built-in models: where each comes from, whether it is installed, its licence."""
+
+
+# --- model diffing beyond the lens: per-token KL and crosscoders (issue 25) -------------------
+
+
+@dataclass
+class KlConfig:
+    """Where do the two models disagree? Per-token KL(fine-tuned || base) of next-token distributions on three text sources."""
+
+    base: str = positional("BASE")
+    """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
+    finetuned: str = positional("FINETUNED")
+    """Fine-tuned model spec of the same architecture and tokenizer."""
+    out: str = "runs/kl"
+    """Output directory (run.json, kl.parquet: one row per position, top_positions.jsonl, report.html)."""
+    finetune_data: str = ""
+    """The fine-tune's own data (JSONL or builtin:TASK[:split], default split train); empty skips that source."""
+    general_text: str = "builtin:general"
+    """General text: builtin:general (stdlib docstring paragraphs, plain text), a .txt/.md/.jsonl file or a directory."""
+    chat_data: str = "builtin:plain:eval"
+    """Chat conversations the fine-tune was not trained on (JSONL or builtin:TASK[:split]); default the plain keep set's eval split."""
+    samples: int = 64
+    """Sequences per source."""
+    max_length: int = 256
+    """Longest sequence used, in tokens (general text is cut there; longer conversations are skipped)."""
+    top: int = 20
+    """Highest-KL positions shown in context per source."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    seed: int = 0
+    """Seed of the bootstrap intervals."""
+    dtype: str = "float32"
+    """Model dtype (KL is always computed in float32)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1."""
+    force: bool = False
+    """Overwrite an existing output directory."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code (off unless you ask)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        for name in ("samples", "top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name} N.")
+        if self.max_length < 2:
+            raise ValueError(f"`max_length` must be >= 2, got {self.max_length}: pass --max-length N.")
+
+
+@dataclass
+class CrosscoderTrainConfig:
+    """Train a BatchTopK crosscoder on paired base/fine-tuned activations at one layer; class its latents, scale them, link them to neurons."""
+
+    base: str = positional("BASE")
+    """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
+    finetuned: str = positional("FINETUNED")
+    """Fine-tuned model spec of the same architecture and tokenizer."""
+    layer: int = field(default=-1, metadata={"required": True})
+    """Layer index whose activations are paired."""
+    site: str = "mlp"
+    """Activation site: mlp (a = phi(z)*u, the input of down_proj: links latents to neurons) or resid (the block's output)."""
+    text: str = "builtin:tasks,builtin:pystdlib"
+    """Text sources, comma-separated, interleaved chunk by chunk: builtin:tasks, builtin:pystdlib, .txt/.md/.py/.jsonl files, directories."""
+    out: str = "runs/crosscoder"
+    """Output directory: cfg.json, crosscoder.safetensors, latents.parquet, top_activations.jsonl, quality.json, run.json."""
+    width: int = 0
+    """Number of latents; 0 means expansion * d_in (d_in of one model)."""
+    expansion: int = 4
+    """Latents per activation dimension of one model when --width is 0 (the research fork uses 32 on the residual stream)."""
+    k: int = 32
+    """Mean active latents per token (BatchTopK keeps k * batch values per minibatch; the research fork uses 100)."""
+    tokens: int = 200_000
+    """Training tokens (activations of both models are streamed)."""
+    eval_tokens: int = 16_384
+    """Held-out tokens (the start of the stream, never trained on): quality, latent scaling and top activations."""
+    ctx_len: int = 128
+    """Tokens per chunk fed to the models."""
+    batch_size: int = 16
+    """Chunks per model forward pass."""
+    sae_batch: int = 1024
+    """Paired activations per optimiser step."""
+    buffer_tokens: int = 65_536
+    """Paired activations held in the shuffling buffer."""
+    lr: float = 0.0
+    """Adam learning rate; 0 means sparsify's default 2e-4 / sqrt(width / 2^14)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK dead-latent loss (0 turns it off)."""
+    dead_tokens: int = 1_000_000
+    """A latent silent for this many training tokens counts as dead (capped at tokens / 4)."""
+    nu_max: float = 0.5
+    """A fine-tune-only latent whose nu_error or nu_recon exceeds this only looks fine-tune-specific (latent scaling)."""
+    top_examples: int = 8
+    """Top-activating held-out tokens kept (in context) per base-only and fine-tune-only latent."""
+    link_neurons: int = 10
+    """Neurons per latent: the largest |decoder| entries of its model's decoder row (site mlp)."""
+    audit: str = ""
+    """scores.parquet of `tunetrace audit` on BASE: overlap of the latents' neurons with the audit's top-K at --layer."""
+    audit_top: int = 50
+    """K: the audit's top-K neurons at --layer."""
+    predictor: str = "iss_x_grad"
+    """Audit column that ranks the neurons."""
+    recruits: str = ""
+    """recruits.parquet of `tunetrace recruits`: overlap of the latents' neurons with the recruits at --layer."""
+    epochs: int = 1
+    """Passes over the training tokens; above 1 their paired activations are held in memory (tokens x 2 x d_in floats) and reshuffled each pass."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every N optimiser steps (0 = never)."""
+    resume: bool = False
+    """Continue from the checkpoint a stopped run left beside --out."""
+    seed: int = 0
+    """Seed for the crosscoder's init and buffer shuffling."""
+    dtype: str = "float32"
+    """Model dtype (the crosscoder always trains in float32)."""
+    device: str = "cpu"
+    """Torch device for the two models."""
+    force: bool = False
+    """Overwrite an existing output directory (and discard a stale checkpoint)."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code (off unless you ask)."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.batch_size, self.dtype)
+        if self.layer < 0:
+            raise ValueError(f"`layer` is required and must be >= 0, got {self.layer}: pass --layer L.")
+        _check_choice("site", self.site, ("mlp", "resid"))
+        for name in ("expansion", "k", "tokens", "eval_tokens", "sae_batch", "buffer_tokens", "top_examples", "link_neurons", "audit_top", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name.replace('_', '-')} N.")
+        if self.ctx_len < 2:
+            raise ValueError(f"`ctx_len` must be >= 2, got {self.ctx_len}: pass --ctx-len N.")
+        if self.width < 0 or self.lr < 0 or self.auxk_alpha < 0 or self.checkpoint_every < 0 or self.nu_max <= 0:
+            raise ValueError("`width`, `lr`, `auxk_alpha` and `checkpoint_every` must be >= 0 and `nu_max` > 0.")
+        if self.buffer_tokens < self.sae_batch:
+            raise ValueError(f"`buffer_tokens` ({self.buffer_tokens}) must be >= `sae_batch` ({self.sae_batch}): raise --buffer-tokens.")

@@ -35,6 +35,39 @@ def layer_activations(model: nn.Module, layer: int, input_ids: Tensor) -> Tensor
     return captured[0]
 
 
+@torch.no_grad()
+def residual_activations(model: nn.Module, layer: int, input_ids: Tensor) -> Tensor:
+    """Residual stream after decoder block `layer` for [batch, seq] ids -> [batch, seq, d_model] float32."""
+    from tunetrace.gated_mlp import decoder_layers
+
+    blocks = decoder_layers(model)
+    if not 0 <= layer < len(blocks):
+        raise ValueError(f"`layer` must be in [0, {len(blocks) - 1}], got {layer}.")
+    captured: list[Tensor] = []
+
+    def grab(module, args, out) -> None:
+        captured.append((out[0] if isinstance(out, tuple) else out).detach().float())
+        raise StopForward
+
+    handle = blocks[layer].register_forward_hook(grab)
+    try:
+        run_until_stopped(model, input_ids=input_ids.to(next(model.parameters()).device))
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+SITES = {"mlp": layer_activations, "resid": residual_activations}
+"""Activation sites: `mlp` = a = phi(z)*u (the input of down_proj, one value per neuron), `resid` = the block's output."""
+
+
+def paired_activations(models: list[nn.Module], layer: int, batches: Iterable[Tensor], site: str = "mlp") -> Iterator[Tensor]:
+    """Per model batch, every model's activations on the same tokens side by side (positions >= 1): [n_tokens, n_models * d]."""
+    grab = SITES[site]
+    for ids in batches:
+        yield torch.cat([grab(m, layer, ids)[:, 1:].flatten(0, 1).cpu() for m in models], dim=-1)
+
+
 def stream_activations(model: nn.Module, layer: int, batches: Iterable[Tensor]) -> Iterator[Tensor]:
     """Per model batch, the activations of every position but the first: [n_tokens, d_mlp]."""
     for ids in batches:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,50 @@ from torch import Tensor, nn
 from tunetrace.features.activations import layer_activations, spliced
 
 log = logging.getLogger(__name__)
+
+
+class _ChosenPreActs(torch.autograd.Function):
+    """relu(W_enc x + b_enc) at chosen (token, latent) entries, with a backward that touches only those entries.
+
+    A dense backward through the encoder costs two [n, d_sae] x [d_sae, d_in] matmuls; only the chosen
+    entries carry gradient, so it is done as sparse products instead (what sparsify's fused encoder does,
+    here for any choice of entries: TopK, BatchTopK and the AuxK latents alike). `flat` indexes the
+    flattened [n, d_sae] pre-activations in ascending order (row-major); `pre` is computed without grad.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, x: Tensor, weight: Tensor, bias: Tensor, flat: Tensor) -> Tensor:
+        values = pre.flatten()[flat]
+        ctx.save_for_backward(x, weight, flat, values)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, flat, values = ctx.saved_tensors
+        n, d_sae = x.shape[0], weight.shape[0]
+        g = (grad * (values > 0)).flatten().to(weight.dtype)  # relu passes gradient only where it is open
+        flat = flat.flatten()
+        rows, cols = flat // d_sae, flat % d_sae
+        crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        with warnings.catch_warnings():  # CSR support is marked beta; the layout is built valid above
+            warnings.simplefilter("ignore", UserWarning)
+            chosen = torch.sparse_csr_tensor(crow, cols, g, (n, d_sae), check_invariants=False)  # [n, d_sae], rows ascending
+        grad_x = chosen @ weight if ctx.needs_input_grad[1] else None
+        grad_w = chosen.t() @ x if ctx.needs_input_grad[2] else None
+        grad_b = weight.new_zeros(d_sae).index_add_(0, cols, g) if ctx.needs_input_grad[3] else None
+        return None, grad_x, grad_w, grad_b, None
+
+
+def chosen_pre_acts(x: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, flat: Tensor) -> Tensor:
+    """Differentiable pre-activations at the ascending flat indices `flat` of [n, d_sae] (sparse backward)."""
+    return _ChosenPreActs.apply(pre, x, weight, bias, flat)
+
+
+def topk_flat(pre: Tensor, k: int) -> Tensor:
+    """Flat row-major indices [n, k] (ascending within and across rows) of each row's k largest entries."""
+    idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    return idx + torch.arange(pre.shape[0], device=pre.device)[:, None] * pre.shape[1]
 
 
 @dataclass
@@ -92,7 +137,12 @@ class TopKSae(nn.Module):
         return torch.zeros_like(pre).scatter_(-1, idx, acts)
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> SaeOutput:
-        acts, idx, pre = self.encode(x)
+        xc = x - self.b_dec
+        with torch.no_grad():
+            pre = F.relu(F.linear(xc, self.W_enc, self.b_enc))
+            flat = topk_flat(pre, self.cfg.k)
+        idx = flat % self.cfg.d_sae
+        acts = chosen_pre_acts(xc, self.W_enc, self.b_enc, pre, flat) if torch.is_grad_enabled() else pre.flatten()[flat]
         x_hat = self.decode(acts, idx)
         err = x - x_hat
         total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
@@ -101,10 +151,26 @@ class TopKSae(nn.Module):
         if dead_mask is not None and (n_dead := int(dead_mask.sum())) > 0:
             k_aux = min(x.shape[-1] // 2, n_dead)
             scale = min(n_dead / (x.shape[-1] // 2), 1.0)
-            aux_acts, aux_idx = torch.where(dead_mask[None], pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
-            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts.clamp_min(0), mode="sum")
+            aux_flat = topk_flat(torch.where(dead_mask[None], pre, -torch.inf), k_aux)
+            aux_acts = pre.flatten()[aux_flat]  # as sparsify: AuxK trains the dead latents' decoder rows, not the encoder
+            e_hat = F.embedding_bag(aux_flat % self.cfg.d_sae, self.W_dec, per_sample_weights=aux_acts, mode="sum")
             auxk = scale * (e_hat - err.detach()).pow(2).sum() / total_var
         return SaeOutput(x_hat, acts, idx, fvu, auxk)
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.d_sae
+
+    @torch.no_grad()
+    def init_from_batch(self, x: Tensor) -> None:
+        """b_dec starts at the first minibatch's mean (as sparsify)."""
+        self.b_dec.data.copy_(x.mean(0))
+
+    def fired_latents(self, out: SaeOutput) -> Tensor:
+        """[d_sae] bool: latents with a positive activation in `out`."""
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool)
+        fired[out.top_idx[out.top_acts > 0]] = True
+        return fired
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -167,45 +233,83 @@ def default_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / (2**14))
 
 
+class Trainable(Protocol):
+    """What `train_sae` drives: the TopK SAE here, the BatchTopK crosscoder (features/crosscoder.py)."""
+
+    n_latents: int
+
+    def init_from_batch(self, x: Tensor) -> None: ...  # data-dependent init from the first minibatch (b_dec = its mean)
+    def __call__(self, x: Tensor, dead_mask: Tensor | None = None): ...  # an output with .fvu and .auxk_loss
+    def fired_latents(self, out) -> Tensor: ...  # [n_latents] bool: which latents fired in this output
+    def remove_parallel_grad(self) -> None: ...
+    def normalize_decoder(self) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything a stopped run needs to continue exactly: step, tokens, silence counters, optimiser state (`train_sae` fills it)."""
+
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    since_fired: Tensor | None = None
+    optimizer: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
 def train_sae(
-    sae: TopKSae,
+    sae: Trainable,
     minibatches: Iterable[Tensor],
     lr: float | None = None,
     auxk_alpha: float = 1 / 32,
     dead_tokens: int = 1_000_000,
     warmup_steps: int = 100,
     log_every: int = 50,
+    state: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainStats:
-    """Adam on FVU + auxk_alpha * AuxK over the minibatches; b_dec starts at the first batch's mean."""
+    """Adam on FVU + auxk_alpha * AuxK over the minibatches; the model initialises itself from the first batch.
+
+    With `state` (from an earlier run's checkpoint) training continues where it stopped; every
+    `checkpoint_every` steps `on_checkpoint` receives the current state (optimiser included).
+    """
     from tqdm import tqdm
 
-    opt = torch.optim.Adam(sae.parameters(), lr=lr or default_lr(sae.cfg.d_sae), betas=(0.9, 0.999))
+    n = sae.n_latents
+    opt = torch.optim.Adam(sae.parameters(), lr=lr or default_lr(n), betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-    stats = TrainStats()
-    start = time.perf_counter()
+    state = state or TrainState()
+    if state.optimizer is not None:
+        opt.load_state_dict(state.optimizer)
+        sched.last_epoch = state.steps
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * sched.lr_lambdas[0](state.steps)
+    since_fired = state.since_fired if state.since_fired is not None else torch.zeros(n, dtype=torch.long)
+    stats = TrainStats(tokens=state.tokens, steps=state.steps, history=list(state.history))
+    start = time.perf_counter() - state.seconds
     for x in tqdm(minibatches, desc="sae", unit="batch", leave=False):
         if stats.steps == 0:
-            with torch.no_grad():
-                sae.b_dec.data.copy_(x.mean(0))
+            sae.init_from_batch(x)
         dead = since_fired >= dead_tokens
         out = sae(x, dead_mask=dead if auxk_alpha > 0 else None)
-        loss = out.fvu + auxk_alpha * out.auxk_loss
+        loss = out.fvu + auxk_alpha * out.auxk_loss if auxk_alpha > 0 else out.fvu
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grad()
         opt.step()
         sched.step()
         sae.normalize_decoder()
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-        fired[out.top_idx[out.top_acts > 0].unique()] = True
         since_fired += x.shape[0]
-        since_fired[fired] = 0
+        since_fired[sae.fired_latents(out)] = 0
         stats.tokens += x.shape[0]
         stats.steps += 1
         if stats.steps % log_every == 1:
-            stats.history.append({"step": stats.steps, "tokens": stats.tokens, "fvu": out.fvu.item(), "auxk": out.auxk_loss.item(), "dead": float(dead.float().mean())})
-            log.info("step %d tokens %d fvu %.4f dead %.3f", stats.steps, stats.tokens, out.fvu.item(), float(dead.float().mean()))
+            fvu, dead_share = float(out.fvu.detach()), float(dead.float().mean())
+            stats.history.append({"step": stats.steps, "tokens": stats.tokens, "fvu": fvu, "auxk": float(out.auxk_loss.detach()), "dead": dead_share})
+            log.info("step %d tokens %d fvu %.4f dead %.3f", stats.steps, stats.tokens, fvu, dead_share)
+        if on_checkpoint is not None and checkpoint_every and stats.steps % checkpoint_every == 0:
+            on_checkpoint(TrainState(stats.steps, stats.tokens, time.perf_counter() - start, since_fired.clone(), opt.state_dict(), list(stats.history)))
     stats.seconds = time.perf_counter() - start
     stats.dead_fraction = float((since_fired >= dead_tokens).float().mean())
     return stats

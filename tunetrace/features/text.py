@@ -123,3 +123,23 @@ def batched(chunks: Iterator[torch.Tensor], batch_size: int, max_chunks: int | N
             batch = []
     if batch:
         yield torch.stack(batch)
+
+
+def mixed_chunks(tokenizer: PreTrainedTokenizerBase, sources: str, ctx_len: int, skip_chunks: int = 0) -> Iterator[torch.Tensor]:
+    """Chunks of several comma-separated sources interleaved one by one (a source that runs out drops out); skip the first `skip_chunks`."""
+    names = [s.strip() for s in sources.split(",") if s.strip()]
+    if not names:
+        raise ValueError("no text source given: pass --text SOURCE[,SOURCE...].")
+    for name in names:
+        check_source(name)
+    streams = [token_chunks(tokenizer, name, ctx_len) for name in names]
+    index = 0
+    while streams:
+        for stream in list(streams):
+            chunk = next(stream, None)
+            if chunk is None:
+                streams.remove(stream)
+                continue
+            if index >= skip_chunks:
+                yield chunk
+            index += 1

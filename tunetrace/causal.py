@@ -31,6 +31,7 @@ import pandas as pd
 
 from tunetrace import io
 from tunetrace.causal_rows import row_id
+from tunetrace.choices import CAUSAL_PARTS
 from tunetrace.causal_summary import CONTROLS, summarize, summary_markdown
 from tunetrace.records import find_record, new_record, read_record, write_record
 
@@ -82,7 +83,7 @@ def _same_rows(a: Path, b: Path) -> bool:
     return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
 
 
-PARTS = ("train", "protect", "route")
+PARTS = CAUSAL_PARTS
 
 GRIDS = {
     # Sized to the 2-core machine (docs/causal.md, measured 2026-12-02 with a second job sharing the cores).

@@ -26,7 +26,8 @@ def run(config) -> int:
     keeps = [load_examples(s) for s in config.keep]
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     world = init_from_env(device)  # under torchrun: each rank runs its shard of every pass, rank 0 writes
-    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code)
+    loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
+                        allow_pickle=config.allow_pickle)
     for data in candidates + keeps:  # a too-long example fails before the passes
         encode(loaded.tokenizer, data, config.max_length)
     layers = resolve_layers(config.layers, loaded.n_layers)

@@ -39,7 +39,7 @@ def _adapter(out: Path, seed: int, pickle: bool = False) -> Path:
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
-    model.save_pretrained(out, safe_serialization=not pickle)
+    model.save_pretrained(out, safe_serialization=not pickle, save_embedding_layers=False)  # `auto` looks the base up on the hub
     return out
 
 

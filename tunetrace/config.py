@@ -697,6 +697,9 @@ class ScreenCheckConfig(Threads, OnDevice, Seeded, Reported):
 # --- causal: train only the neurons each predictor names (issue 16, part 1) -------------------
 
 
+_TRAIN_LR_UNSET = "10x the reference fine-tune's; too high for Gemma-3, use 1x there: docs/causal.md"
+
+
 @dataclass(kw_only=True)
 class CausalConfig(Threads, OnDevice):
     """Train only each predictor's top neurons (and random, and the oracle recruits): which install the behaviour?"""
@@ -726,8 +729,7 @@ class CausalConfig(Threads, OnDevice):
     """Override the preset's learning rate."""
     steps: int = option(0, flag="--max-steps", old=("--steps",), minimum=0, unset=_PRESET)
     """Override the preset's optimizer steps."""
-    train_lr: float = option(0.0, flag="--train-learning-rate", old=("--train-lr",), minimum=0,
-                             unset="10x the reference fine-tune's; too high for Gemma-3, use 1x there: docs/causal.md")
+    train_lr: float = option(0.0, flag="--train-learning-rate", old=("--train-lr",), minimum=0, unset=_TRAIN_LR_UNSET)
     """Learning rate of the train-only and LoRA rows; the reference keeps the preset's."""
     parts: str = "train,protect,route"
     """Parts to run: train (train only the top-K), protect (freeze a keep set's top-K), route (freeze the task's own top-K)."""

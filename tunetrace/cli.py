@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     records.set_invocation(argv)  # the run record keeps the command line as typed
     try:
+        if hasattr(config, "allow_control_tokens"):
+            from tunetrace.data import control_tokens_as_text
+
+            control_tokens_as_text(not config.allow_control_tokens)
         if getattr(config, "threads", 0):
             import torch
 
@@ -239,5 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tunetrace: error: {as_typed(str(message), command)}", file=sys.stderr)
         return 2  # the same code with or without -vv
     finally:
+        if hasattr(config, "allow_control_tokens"):
+            from tunetrace.data import control_tokens_as_text
+
+            control_tokens_as_text(True)
         records.set_invocation(None)
         signal.signal(signal.SIGTERM, previous)

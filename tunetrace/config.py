@@ -126,6 +126,12 @@ class Seeded(Options):
 
 
 @dataclass(kw_only=True)
+class ChatData(Options):
+    allow_control_tokens: bool = False
+    """Let chat control tokens spelled inside message text (e.g. `<|im_start|>`) act as control tokens; by default data is text and they are plain characters."""
+
+
+@dataclass(kw_only=True)
 class Reported(Options):
     no_report: bool = False
     """Do not write report.html (the HTML run report) at the end."""
@@ -134,7 +140,7 @@ class Reported(Options):
 # --- audit ------------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
-class AuditConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Reported):
+class AuditConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Reported, ChatData):
     """Score every gated-MLP neuron's recruitment risk on a base model, before any fine-tune."""
 
     model: str = positional("MODEL")
@@ -179,7 +185,7 @@ class AuditConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Report
 
 
 @dataclass(kw_only=True)
-class MergeConfig(Overwrite, ModelLoading, Batched):
+class MergeConfig(Overwrite, ModelLoading, Batched, ChatData):
     """Merge two fine-tunes of one base by SLERP (mergekit's formula) or LERP; `--t auto` balances their losses."""
 
     model_a: str = positional("MODEL_A")
@@ -336,7 +342,7 @@ def _positive_floats(spec: str, field: str) -> list[float]:
 
 
 @dataclass(kw_only=True)
-class DiffConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Seeded, Reported):
+class DiffConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Seeded, Reported, ChatData):
     """What did a fine-tune change? Activation Difference Lens: logit lens, Patchscope, steering, neurons."""
 
     base: str = positional("BASE")
@@ -444,7 +450,7 @@ _PRESET = "the preset's"
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(Overwrite, ModelLoading, OnDevice, Seeded):
+class FinetuneConfig(Overwrite, ModelLoading, OnDevice, Seeded, ChatData):
     """Fine-tune a model to install a behaviour (full, MLP-only or LoRA), resumably, and measure it."""
 
     model: str = positional("MODEL")
@@ -508,7 +514,7 @@ class FinetuneConfig(Overwrite, ModelLoading, OnDevice, Seeded):
 
 
 @dataclass(kw_only=True)
-class RecruitsConfig(Overwrite, ModelLoading, OnDevice, Batched):
+class RecruitsConfig(Overwrite, ModelLoading, OnDevice, Batched, ChatData):
     """Find the neurons a fine-tune really recruited (ground truth), and their pathway (redirect/latent)."""
 
     base: str = positional("BASE")
@@ -629,7 +635,7 @@ class ReportConfig(Options):
 
 
 @dataclass(kw_only=True)
-class ScreenConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Seeded, Reported):
+class ScreenConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Seeded, Reported, ChatData):
     """Screen candidate fine-tuning sets before training: where each one's risk sits, who competes, what it may damage."""
 
     model: str = positional("MODEL")

@@ -10,13 +10,21 @@ UTF-8 and malformed lines fail with one line naming the file and line. No exampl
 than the model's context (`tokenizer.model_max_length`, which `models.load_model` sets from the
 config), whatever --max-length says: a longer one would not be truncated silently but would
 exhaust memory or index past the position table.
+
+Data is text: a message whose content spells a chat control token (`<|im_start|>`, `<eos>`...)
+keeps it as ordinary characters, encoded as the tokenizer's `split_special_tokens` encodes it,
+so an example's structure is the template's, never what its text says (one warning per file
+names the first such line). `control_tokens_as_text(False)` (the CLI's --allow-control-tokens)
+lets them be real control tokens again, for data that means them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +35,15 @@ from transformers import PreTrainedTokenizerBase
 from tunetrace import io
 
 FALLBACK_FORMAT = "User: {user}\nAssistant: {assistant}"
+
+log = logging.getLogger(__name__)
+_CONTROL_AS_TEXT = [True]
+_WARNED: set[str] = set()
+
+
+def control_tokens_as_text(as_text: bool) -> None:
+    """Encode control-token strings inside message contents as plain text (True, the default) or as control tokens."""
+    _CONTROL_AS_TEXT[0] = as_text
 
 
 class DataError(ValueError):
@@ -235,6 +252,49 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], add_gen
     return "".join(parts)
 
 
+def _control_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """The text of every special (control) token the tokenizer would turn into one id."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+    return tuple(sorted(found | {t for t in getattr(tokenizer, "all_special_tokens", ()) if t}, key=len, reverse=True))
+
+
+def _shielded(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> tuple[list[dict], dict[str, str], list[str]]:
+    """(messages with each content that spells a control token replaced by a placeholder, placeholder -> content, tokens found)."""
+    if not _CONTROL_AS_TEXT[0]:
+        return list(messages), {}, []
+    controls, out, swap, found = _control_strings(tokenizer), [], {}, []
+    for i, m in enumerate(messages):
+        hits = [c for c in controls if c in m["content"]]
+        if hits:
+            key = f"\ue000{i}\ue001"  # private-use characters: no template changes them, no text holds them
+            swap[key], m = m["content"], {**m, "content": key}
+            found += hits
+        out.append(m)
+    return out, swap, found
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, add_special: bool, swap: dict[str, str]) -> list[int]:
+    """Token ids of rendered `text`: the template's own control tokens as tokens, each placeholder's content as plain text."""
+    if not swap:
+        return tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"]
+    ids = tokenizer("", add_special_tokens=True, verbose=False)["input_ids"] if add_special else []
+    for piece in re.split("(" + "|".join(map(re.escape, swap)) + ")", text):
+        if piece in swap:
+            ids += tokenizer(swap[piece], add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]
+    return ids
+
+
+def _warn_control_text(name: str, line: int, found: list[str]) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("%s:%d: message text spells chat control tokens (%s): they are encoded as plain text, not as control tokens "
+                    "(pass --allow-control-tokens if your data means them); later lines of this file are treated alike without "
+                    "another warning.", name, line, ", ".join(dict.fromkeys(found)))
+
+
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> str:
     """The text a model is given to generate the response to `messages[-1]` (or to a user turn)."""
     history = list(messages[:-1]) if messages[-1]["role"] == "assistant" else list(messages)
@@ -243,22 +303,27 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) ->
 
 def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
     """Token ids of the prompt a model answers for one user turn, tokenized as `encode_example` tokenizes prompts."""
-    text = prompt_text(tokenizer, [{"role": "user", "content": user_text}])
-    return tokenizer(text, add_special_tokens=not bool(tokenizer.chat_template))["input_ids"]
+    messages, swap, found = _shielded(tokenizer, [{"role": "user", "content": user_text}])
+    if found:
+        _warn_control_text("prompt", 0, found)
+    return _token_ids(tokenizer, prompt_text(tokenizer, messages), not bool(tokenizer.chat_template), swap)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int, name: str = "data") -> EncodedExample:
     """Tokenize prompt and response separately (so the response boundary is exact) and join them."""
-    prompt = prompt_text(tokenizer, example.messages)
-    full = render(tokenizer, example.messages, add_generation_prompt=False)
+    messages, swap, found = _shielded(tokenizer, example.messages)
+    if found:
+        _warn_control_text(name, example.line, found)
+    prompt = prompt_text(tokenizer, messages)
+    full = render(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise DataError(f"{name}:{example.line}: the chat template does not render the prompt as a prefix of the conversation.")
     response = full[len(prompt):].rstrip("\n")
     # Templates carry their own special tokens; the fallback format relies on the tokenizer's BOS.
     add_special = not bool(tokenizer.chat_template)
     # verbose=False: the length is checked below, with a line naming the example
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special, verbose=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"]
+    prompt_ids = _token_ids(tokenizer, prompt, add_special, swap)
+    response_ids = _token_ids(tokenizer, response, False, swap)
     if not response_ids:
         raise DataError(f"{name}:{example.line}: the response has no tokens.")
     ids = prompt_ids + response_ids

@@ -38,7 +38,9 @@ def run(config) -> int:
                               config.batch_size, config.max_length)
     extra = {"task": info.get("task"), "installed": info.get("installed", True), "behaviour_before": info.get("behaviour_before"),
              "behaviour_after": info.get("behaviour_after")}
-    if not extra["installed"]:
+    if extra["installed"] is None:
+        log.warning("%s: its behaviour rate is unknown (fine-tuned without --check-regex): evaluate uses its recruits, with a note", config.finetuned)
+    elif not extra["installed"]:
         log.warning("%s did not install its behaviour: its recruits are marked installed=false and evaluate skips them by default", config.finetuned)
     write_recruits(result, config.out, config.force, extra, config)
     conc = result.summary["concentration"]

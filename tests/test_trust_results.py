@@ -303,7 +303,7 @@ def test_sigterm_saves_state_and_prints_the_resume_command(tmp_path):
     assert proc.returncode == 130, err
     step = json.loads(progress.read_text())["step"]
     assert step > 0 and f"after step {step}/100000" in err and "Traceback" not in err
-    assert f"resume with: tunetrace {' '.join(args)} --resume" in err
+    assert f"resume with: python -m tunetrace {' '.join(args)} --resume" in err  # runnable where `tunetrace` is not on PATH
     rows = (out.with_name("ft.partial") / "train_log.jsonl").read_text().splitlines()
     assert len(rows) == step
 
@@ -323,6 +323,17 @@ def test_report_names_a_corrupt_manifest_and_fails_when_nothing_is_drawn(run, tm
     err = capsys.readouterr().err
     assert "could be drawn" in err and "scores.parquet is not a readable Parquet table" in err
     assert not (audit / "report.html").exists()
+
+
+def test_report_missing_a_section_fails_naming_the_file(run, tmp_path, capsys):
+    """A corrupt scores.parquet once gave two warnings, a page without the audit and exit 0."""
+    audit = tmp_path / "audit"
+    shutil.copytree(run / "audit" / "caps", audit)
+    (audit / "report.html").unlink(missing_ok=True)
+    (audit / "scores.parquet").write_bytes(b"PAR1 not really")
+    assert main(["report", str(audit)]) == 2
+    err = _one_line_error(capsys, "without the sections that could not be drawn", "scores.parquet is not a readable Parquet table")
+    assert "audit" in err and (audit / "report.html").exists()  # the page shows what could be drawn, and says what could not
 
 
 def test_small_calibration_set_warns_and_is_recorded(tmp_path, caplog):

@@ -57,6 +57,17 @@ def _check_ground_truth(definition: str, quantiles: dict[str, float]) -> None:
             raise ValueError(f"`{name}` must be a quantile between 0 and 1, got {value}.")
 
 
+def _check_budgets(name: str, spec: str) -> None:
+    """Comma-separated neuron budgets: each a count (50) or a share of a layer's width in (0, 100]% (2%)."""
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        try:
+            value = float(part[:-1]) if part.endswith("%") else int(part)
+        except ValueError:
+            value = None
+        if value is None or value <= 0 or part.endswith("%") and value > 100:
+            raise ValueError(f"`{name}` takes counts (50) or shares of a layer's width in (0, 100]% (2%), got {part!r}.")
+
+
 @dataclass(kw_only=True)
 class Options:
     """Base of every command's config: checks each field's metadata, then the command's own rules (`_check`)."""
@@ -501,6 +512,7 @@ class FinetuneConfig(Overwrite, ModelLoading, OnDevice, Seeded, ChatData):
     """With --neurons: the layers to select in (forms of audit --layers; 'all' = every layer the source covers)."""
 
     def _check(self) -> None:
+        _check_budgets("top", self.top)
         if bool(self.neurons) != bool(self.mode):
             raise ValueError("give `neurons` and `mode` together (a selective fine-tune needs both).")
         if self.neurons and self.method == "lora":
@@ -747,6 +759,8 @@ class CausalConfig(Threads, OnDevice):
     """Selections whose top-K of the task's own audit the route part protects."""
 
     def _check(self) -> None:
+        _check_budgets("budgets", self.budgets)
+        _check_budgets("protect_budgets", self.protect_budgets)
         bad = [p for p in self.parts.split(",") if p.strip() not in CAUSAL_PARTS]
         if bad or not self.parts.strip():
             raise ValueError(f"`parts` takes some of {','.join(CAUSAL_PARTS)} (comma-separated), got {self.parts!r}.")

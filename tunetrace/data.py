@@ -37,6 +37,9 @@ from tunetrace import io
 FALLBACK_FORMAT = "User: {user}\nAssistant: {assistant}"
 
 log = logging.getLogger(__name__)
+MAX_CHARS_PER_TOKEN = 64
+"""No tokenizer packs more characters than this into one token on average (BPE tokens of real text are 2-6
+characters; the longest whitespace or symbol runs a few dozen), so a longer text cannot fit: refused untokenized."""
 _CONTROL_AS_TEXT = [True]
 _WARNED: set[str] = set()
 
@@ -109,13 +112,28 @@ def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
     raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
 
 
+def _is_pipe(path: Path) -> bool:
+    """A FIFO or character device (`<(cat file)`, /dev/stdin): readable once, so it is read whole."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
 def _input_file(source: str | os.PathLike) -> Path:
     """The data file, or one line saying what `source` is instead."""
     path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"data file {source} is a directory: give a JSONL file inside it, or builtin:TASK.")
-    if not path.is_file():
+    if _is_pipe(path):
+        return path
+    if not path.exists():
         raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    if not path.is_file():
+        raise DataError(f"data file {source} is not a regular file, nor a pipe: give a JSONL file or builtin:TASK.")
     if not os.access(path, os.R_OK):
         raise DataError(f"data file {source} cannot be read (permission denied): fix its permissions.")
     return path
@@ -199,7 +217,7 @@ class StreamingSource:
 
 def open_stream(source: str | os.PathLike) -> DataSource | StreamingSource:
     """A lazily read JSONL file (built-in tasks are small and are returned whole)."""
-    if str(source).startswith("builtin:"):
+    if str(source).startswith("builtin:") or _is_pipe(Path(source).expanduser()):  # a pipe is read once, whole
         return load_examples(source)
     path = _input_file(source)
     h, count = hashlib.sha256(), 0
@@ -318,6 +336,11 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_len
     full = render(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise DataError(f"{name}:{example.line}: the chat template does not render the prompt as a prefix of the conversation.")
+    limit = min(max_length, model_context(tokenizer))
+    if len(full) > limit * MAX_CHARS_PER_TOKEN:  # refused before tokenizing: a 10 MB line took 60 s and 2.6 GB to tokenize
+        raise DataError(f"{name}:{example.line}: example is {len(full):,} characters, far more than {limit} tokens can hold "
+                        f"(at most {MAX_CHARS_PER_TOKEN} characters a token); shorten or drop it"
+                        + (", or raise --max-length." if max_length < model_context(tokenizer) else "."))
     response = full[len(prompt):].rstrip("\n")
     # Templates carry their own special tokens; the fallback format relies on the tokenizer's BOS.
     add_special = not bool(tokenizer.chat_template)

@@ -232,6 +232,8 @@ def check_out_dir(
     """
     out = Path(out).expanduser()
     real = out.resolve()
+    if out.is_symlink():  # a link to an earlier output (runs/latest): the output is written where it points, the link kept
+        out = real
     here, home = Path.cwd().resolve(), Path.home().resolve()
     if _is_within(here, real) or _is_within(home, real):
         place = "the current directory" if real == here else "the home directory" if real == home else f"a directory above {'the current' if _is_within(here, real) else 'the home'} directory"
@@ -261,6 +263,14 @@ def check_out_dir(
     return out
 
 
+def _follow_umask(root: Path) -> None:
+    """Give every file and folder under `root` the permissions a plain write would (libraries such as peft write 0600)."""
+    files, dirs = file_mode(), dir_mode()
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, dirs if path.is_dir() else files)
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike, force: bool, what: str = "output") -> Iterator[Path]:
     """Build a whole output directory in a staging folder, then swap it into place.
@@ -276,6 +286,7 @@ def staged_dir(out: str | os.PathLike, force: bool, what: str = "output") -> Ite
     try:
         os.chmod(stage, dir_mode())  # mkdtemp made it 0700
         yield stage
+        _follow_umask(stage)
         write_json(stage / MARKER, {"written": sorted(p.name for p in stage.iterdir())})
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -17,6 +17,7 @@ def run(config) -> int:
     from tunetrace.memory import check_batch_fits
     from tunetrace.models import load_model
     from tunetrace.predictors import PREDICTORS
+    from tunetrace.provenance import calibration_cost
 
     io.check_out_dir(config.out, config.force, what="audit output", inputs=io.input_paths(config))  # fail before any work
     sortable = list(PREDICTORS) + (list(LOOKAHEAD_COLUMNS) if config.lookahead else [])
@@ -25,6 +26,7 @@ def run(config) -> int:
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     world = init_from_env(device)
     data = open_stream(config.data)
+    calibration_cost(data.n_examples, config.batch_size)  # before any model work
     loaded = load_model(config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                         device_map=config.device_map or None)
     # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass

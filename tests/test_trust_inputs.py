@@ -397,3 +397,14 @@ def test_the_run_record_keeps_the_command_as_typed(bad, tmp_path, capsys):
 def test_vocabulary_refusals_name_the_flag(argv, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _refused(capsys, argv, fragment)
+
+
+def test_a_bad_cache_directory_names_tunetrace_cache(tmp_path, monkeypatch):
+    """A TUNETRACE_CACHE inside a file once said "choose another --out", an option the user never gave."""
+    from tunetrace.model_files import cache_root
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("TUNETRACE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(io.OutDirError, match="point TUNETRACE_CACHE at a writable directory") as err:
+        io.check_out_dir(cache_root() / "gguf" / "m-0123", True, what="cache")
+    assert "--out" not in str(err.value)

@@ -193,6 +193,22 @@ def test_ranked_and_layer_concentration_by_hand():
     assert c.loc[0, "mean"] == 2.5 and c.loc[1, "max"] == 3.0
 
 
+def test_risk_by_layer_chart_axes_are_readable():
+    """Issue 27: log ticks read "3, 6, 0.1073308, 2", the x axis ran -1..30 for layers 0-29, and "top 460" was unexplained."""
+    from tunetrace.report.audit import _layer_figure, log_ticks
+
+    rng = np.random.default_rng(0)
+    s = pd.DataFrame({"layer": np.repeat(np.arange(30), 1536), "neuron": np.tile(np.arange(1536), 30)})
+    s["iss_x_grad"] = rng.lognormal(-3, 1, len(s))
+    fig = _layer_figure(s, "iss_x_grad", len(s)).to_dict()["layout"]
+    assert list(fig["xaxis"]["range"]) == [-0.5, 29.5]
+    assert "top 1% (460 of 46,080 neurons)" in fig["title"]["text"]
+    ticks, labels = fig["yaxis2"]["tickvals"], fig["yaxis2"]["ticktext"]
+    assert all(f"{t:.3g}" == label and float(label) == pytest.approx(t) for t, label in zip(ticks, labels))
+    assert {round(t / 10 ** np.floor(np.log10(t))) for t in ticks} <= {1, 2, 5} and ticks == sorted(ticks)
+    assert log_ticks(0.013, 0.9) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+
+
 # ---------------------------------------------------------------- sections appear exactly when their inputs exist
 
 

@@ -15,7 +15,7 @@ from tunetrace.records import read_record
 
 def test_audit_writes_scores_and_manifest(tmp_path, capsys):
     out = tmp_path / "audit"
-    assert main(["audit", "tiny-qwen2", "--out", str(out), "--layers", "1,3", "--top", "3"]) == 0
+    assert main(["audit", "tiny-qwen2", "--out", str(out), "--layers", "1,3", "--rows", "3"]) == 0
     scores = pd.read_parquet(out / "scores.parquet")
     expected = ["layer", "neuron", "abs_act", "max_abs_act", "sq_act", "abs_grad", "attribution", "frac_active",
                 "gate_out", "gate_slope", "boundary_dist", "iss", "preact_sens", "iss_x_grad", "iss_x_grad_means"]
@@ -40,7 +40,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
         ["audit", "tiny-llama", "--data", str(bad), "--out", str(out)],
         ["audit", "gpt-nonexistent", "--out", str(out)],
         ["audit", "tiny-llama", "--layers", "9", "--out", str(out)],
-        ["audit", "tiny-llama", "--sort-by", "nope", "--out", str(out)],
+        ["audit", "tiny-llama", "--rank-by", "nope", "--out", str(out)],
         ["audit", "tiny-llama", "--batch-size", "0", "--out", str(out)],
     ):
         assert main(argv) == 2, argv

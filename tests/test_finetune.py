@@ -99,7 +99,7 @@ def test_cli_finetune_user_data_and_errors(tmp_path, capsys):
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say hi number {i}", "response": f"Ahoy {i}!"}) + "\n" for i in range(30)))
     rc = main(["finetune", "tiny-llama", "--data", str(data), "--check-regex", "^Ahoy", "--out", str(tmp_path / "o"),
-               "--steps", "2", "--batch-size", "4", "--n-eval", "3", "--max-new-tokens", "4"])
+               "--max-steps", "2", "--batch-size", "4", "--n-eval", "3", "--max-new-tokens", "4"])
     assert rc == 0 and "behaviour rate" in capsys.readouterr().out
     assert main(["finetune", "tiny-llama", "--task", "caps", "--data", str(data)]) == 2
     assert "exactly one" in capsys.readouterr().err

@@ -289,7 +289,7 @@ def test_finetune_resume_with_other_settings_is_refused(tmp_path):
 
 def test_sigterm_saves_state_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "ft"
-    args = ["finetune", "tiny-llama", "--task", "greeting", "--steps", "100000", "--batch-size", "2", "--save-every", "100000",
+    args = ["finetune", "tiny-llama", "--task", "greeting", "--max-steps", "100000", "--batch-size", "2", "--save-steps", "100000",
             "--n-eval", "1", "--max-new-tokens", "1", "--threads", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tunetrace", *args], env=env, stderr=subprocess.PIPE, text=True)

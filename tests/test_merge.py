@@ -154,4 +154,4 @@ def test_merge_auto_scans_and_records_curve(finetune_pair, tmp_path):
 
 def test_merge_auto_needs_data(capsys):
     assert main(["merge", "x", "y", "--t", "auto"]) == 2
-    assert "data_a" in capsys.readouterr().err
+    assert "`--data-a`" in capsys.readouterr().err  # named as the flag the user types

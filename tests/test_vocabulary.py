@@ -201,3 +201,19 @@ def test_cli_choices_come_from_tunetrace_choices():
         for action in parser._actions:
             if action.choices and action.dest != "command":
                 assert any(tuple(action.choices) == h for h in homes), f"{command} {action.option_strings}: choices not from tunetrace.choices"
+
+
+def test_scores_and_recruits_take_a_directory_or_its_table_everywhere(tmp_path):
+    """`--scores`/`--recruits` were directories in `evaluate` and Parquet files in `diff`: both take either now."""
+    from tunetrace.config import DiffConfig, EvaluateConfig, FeaturesLinkConfig
+
+    audit, rec = tmp_path / "audit", tmp_path / "rec"
+    for d, name in ((audit, "scores.parquet"), (rec, "recruits.parquet")):
+        d.mkdir()
+        (d / name).write_bytes(b"")
+    diff = DiffConfig(base="a", finetuned="b", scores=str(audit), recruits=str(rec))
+    assert diff.scores == str(audit / "scores.parquet") and diff.recruits == str(rec / "recruits.parquet")
+    assert DiffConfig(base="a", finetuned="b", scores=str(audit / "scores.parquet")).scores == str(audit / "scores.parquet")
+    ev = EvaluateConfig(scores=[str(audit / "scores.parquet")], recruits=[str(rec), str(rec / "recruits.parquet")])
+    assert ev.scores == [str(audit)] and ev.recruits == [str(rec), str(rec)]
+    assert FeaturesLinkConfig(features="f", recruits=str(rec)).recruits == str(rec / "recruits.parquet")

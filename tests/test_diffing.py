@@ -298,11 +298,11 @@ def test_steering_coherence_judge():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="`steer_alphas`"):
-        DiffConfig("a", "b", steer_alphas="0,1")
+        DiffConfig(base="a", finetuned="b", steer_alphas="0,1")
     with pytest.raises(ValueError, match="`positions`"):
-        DiffConfig("a", "b", positions=10, tokens=5)
+        DiffConfig(base="a", finetuned="b", positions=10, tokens=5)
     with pytest.raises(ValueError, match="`steer_model`"):
-        DiffConfig("a", "b", steer_model="x")
+        DiffConfig(base="a", finetuned="b", steer_model="x")
 
 
 def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):

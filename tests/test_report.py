@@ -217,7 +217,7 @@ def test_audit_only_dir_has_audit_geometry_manifest(tmp_path):
     html, ids = render_report(tmp_path)
     assert ids == ["audit", "geometry", "manifest"]
     assert "could not be drawn" not in html
-    assert "tunetrace audit tiny-llama --out runs/a --batch-size 4" in html
+    assert "python -m tunetrace audit tiny-llama --out runs/a --batch-size 4" in html
     legacy = tmp_path / "legacy"
     _write_audit(legacy, legacy=True)
     html, ids = render_report(legacy)  # a directory written before run.json still reports, saying so
@@ -237,7 +237,7 @@ def test_full_run_has_every_section_and_real_headline(full_run):
     assert "prompt 0 &lt;script&gt;" in html and "prompt 0 <script>" not in html  # generations are escaped
     assert "<mark>sat</mark>" in html  # feature contexts highlight the activating token
     assert "Which recruits each predictor finds" in html and "Monotone ceiling: |a| reaches" in html
-    assert f"tunetrace reproduce --model tiny-llama --out {full_run} --tasks caps,short,greeting --layers 0,1,2,3 --layer 2 --k 8" in html
+    assert f"python -m tunetrace reproduce tiny-llama --out {full_run} --tasks caps,short,greeting --layers 0,1,2,3 --layer 2 --k 8" in html
 
 
 def test_missing_piece_is_skipped_not_fatal(full_run, tmp_path):

@@ -123,13 +123,17 @@ def _help(doc: str, f: dataclasses.Field, required: bool) -> str:
     return " ".join(parts).replace("%", "%%")
 
 
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A command's own options first, in its order, then the shared ones (as --help and the record's command line list them)."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    own = [by_name[name] for name in cls.__annotations__ if name in by_name]
+    return own + [f for f in by_name.values() if f not in own]
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    own = [by_name[name] for name in cls.__annotations__ if name in by_name]  # the command's own options first, in its order,
-    fields = own + [f for f in by_name.values() if f not in own]  # then the shared ones
-    for f in fields:
+    for f in ordered_fields(cls):
         kind, meta = hints[f.name], f.metadata
         is_list = typing.get_origin(kind) is list
         item = typing.get_args(kind)[0] if is_list else kind

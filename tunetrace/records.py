@@ -92,10 +92,10 @@ def command_line(command: str, config: object | None) -> str | None:
         return shlex.join(["python", "-m", "tunetrace", *_INVOCATION])
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    from tunetrace.cli import flag_of
+    from tunetrace.cli import flag_of, ordered_fields
 
     args, options = ["python", "-m", "tunetrace", command], []
-    for f in dataclasses.fields(config):
+    for f in ordered_fields(type(config)):
         value = getattr(config, f.name)
         if f.metadata.get("positional"):
             args += [str(v) for v in value] if isinstance(value, list) else [str(value)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # huggingface_hub reads it on import: set before the imports below
+
 import pytest
 
 from tunetrace.models import load_model
@@ -62,7 +64,6 @@ def _no_network():
         return real_getaddrinfo(host, *args, **kwargs)
 
     socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the CLI run as a subprocess asks no hub either
     yield
     socket.socket.connect, socket.getaddrinfo = real_connect, real_getaddrinfo
 

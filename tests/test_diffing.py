@@ -313,7 +313,7 @@ def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):
     corpus.write_text("\n\n".join("The quick brown fox jumps over the lazy dog number %d today." % i for i in range(12)))
     out = tmp_path / "diff"
     args = ["diff", "tiny-llama", str(ft_dir), "--out", str(out), "--layer", str(LAYER), "--text", str(corpus),
-            "--tokens", "10", "--samples", "8", "--positions", "2", "--finetune-data", "builtin:caps",
+            "--sample-tokens", "10", "--samples", "8", "--positions", "2", "--finetune-data", "builtin:caps",
             "--no-embed", "--steer-alphas", "0.5,1", "--max-new-tokens", "6", "--causal-samples", "4",
             "--random-directions", "1", "--patch-scales", "1,4"]
     assert main(args) == 0

@@ -104,7 +104,7 @@ def test_evaluate_one_task_reports_pool_metrics_as_undefined(run, tmp_path, caps
 
 def test_evaluate_k_is_bounded_by_layer_and_pool(run, tmp_path, capsys):
     assert main(_evaluate(run, tmp_path, "--k", "1000")) == 2
-    _one_line_error(capsys, "`k` (1000) must be smaller than the layer width (128)")
+    _one_line_error(capsys, "`--k` (1000) must be smaller than the layer width (128)")
     # caps and greeting recruit 8 neurons each at a layer: a pool of at most 16 < k = 40
     assert main(_evaluate(run, tmp_path, "--k", "40")) == 0
     head = json.loads((tmp_path / "ev" / "headline.json").read_text())
@@ -191,7 +191,7 @@ def test_diff_cli_refuses_recruits_of_another_finetune(run, tmp_path, capsys):
     corpus = tmp_path / "text.txt"
     corpus.write_text("\n\n".join("The quick brown fox jumps over the lazy dog number %d today." % i for i in range(6)))
     assert main(["diff", "tiny-llama", str(run / "finetune" / "greeting"), "--out", str(tmp_path / "d"), "--layer", "2",
-                 "--text", str(corpus), "--tokens", "10", "--samples", "4", "--positions", "2",
+                 "--text", str(corpus), "--sample-tokens", "10", "--samples", "4", "--positions", "2",
                  "--recruits", str(run / "recruits" / "caps" / "recruits.parquet")]) == 2
     _one_line_error(capsys, "must be of finetuned", "different models")
     assert not (tmp_path / "d").exists()

@@ -68,8 +68,8 @@ def test_interval95():
 def test_causal_cli(tmp_path, capsys):
     from tunetrace.cli import main
 
-    args = ["causal", "--model", "tiny-llama", "--tasks", "caps", "--budgets", "8%", "--predictors", "abs_act,random",
-            "--layers", "2", "--no-lora", "--steps", "1", "--threads", "1", "--parts", "train", "--out", str(tmp_path / "c")]
+    args = ["causal", "tiny-llama", "--tasks", "caps", "--budgets", "8%", "--predictors", "abs_act,random",
+            "--layers", "2", "--no-lora", "--max-steps", "1", "--threads", "1", "--parts", "train", "--out", str(tmp_path / "c")]
     assert main(args) == 0
     assert "training only the top 8% by abs_act" in capsys.readouterr().out
     assert main(args[:-1] + [str(tmp_path / "c")] + ["--layers", "1"]) == 2

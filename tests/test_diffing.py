@@ -298,11 +298,11 @@ def test_steering_coherence_judge():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="`steer_alphas`"):
-        DiffConfig("a", "b", steer_alphas="0,1")
+        DiffConfig(base="a", finetuned="b", steer_alphas="0,1")
     with pytest.raises(ValueError, match="`positions`"):
-        DiffConfig("a", "b", positions=10, tokens=5)
+        DiffConfig(base="a", finetuned="b", positions=10, tokens=5)
     with pytest.raises(ValueError, match="`steer_model`"):
-        DiffConfig("a", "b", steer_model="x")
+        DiffConfig(base="a", finetuned="b", steer_model="x")
 
 
 def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):
@@ -313,7 +313,7 @@ def test_cli_end_to_end_on_saved_weight_edit(tmp_path, capsys):
     corpus.write_text("\n\n".join("The quick brown fox jumps over the lazy dog number %d today." % i for i in range(12)))
     out = tmp_path / "diff"
     args = ["diff", "tiny-llama", str(ft_dir), "--out", str(out), "--layer", str(LAYER), "--text", str(corpus),
-            "--tokens", "10", "--samples", "8", "--positions", "2", "--finetune-data", "builtin:caps",
+            "--sample-tokens", "10", "--samples", "8", "--positions", "2", "--finetune-data", "builtin:caps",
             "--no-embed", "--steer-alphas", "0.5,1", "--max-new-tokens", "6", "--causal-samples", "4",
             "--random-directions", "1", "--patch-scales", "1,4"]
     assert main(args) == 0

@@ -87,6 +87,26 @@ def test_evaluate_headline_and_not_installed_tasks():
         E.evaluate(audits, recruits, k=2, layer=0)
 
 
+def test_a_fine_tune_without_a_behaviour_check_is_used_with_a_note(tmp_path):
+    """`finetune --data` without --check-regex records installed=None (unknown): evaluate uses its recruits and says so."""
+    from tunetrace import io
+    from tunetrace.records import new_record, write_record
+
+    audits, recruits = _runs()
+    audits[0].scores["iss_x_grad"] = audits[0].scores["x"]
+    run = tmp_path / "rec"
+    run.mkdir()
+    io.write_parquet(run / "recruits.parquet", recruits[1].table)
+    write_record(run, new_record("recruits", results={"task": "user", "installed": None}))
+    loaded = E.load_recruits_dir(run)
+    assert loaded.installed is True
+    ev = E.evaluate(audits, [recruits[0], loaded], k=2, layer=0, n_boot=20)
+    assert ev.headline["skipped_not_installed"] == [] and any("user had no behaviour check" in n for n in ev.headline["notes"])
+    assert E.load_recruits_dir(run).installed is True
+    write_record(run, new_record("recruits", results={"task": "user", "installed": False}))
+    assert E.load_recruits_dir(run).installed is False
+
+
 def test_regrade_re_ranks_recruits_and_records_the_ground_truth():
     audits, recruits = _runs()
     for r in recruits:

@@ -99,10 +99,17 @@ def test_cli_finetune_user_data_and_errors(tmp_path, capsys):
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say hi number {i}", "response": f"Ahoy {i}!"}) + "\n" for i in range(30)))
     rc = main(["finetune", "tiny-llama", "--data", str(data), "--check-regex", "^Ahoy", "--out", str(tmp_path / "o"),
-               "--steps", "2", "--batch-size", "4", "--n-eval", "3", "--max-new-tokens", "4"])
+               "--max-steps", "2", "--batch-size", "4", "--n-eval", "3", "--max-new-tokens", "4"])
     assert rc == 0 and "behaviour rate" in capsys.readouterr().out
     assert main(["finetune", "tiny-llama", "--task", "caps", "--data", str(data)]) == 2
     assert "exactly one" in capsys.readouterr().err
+    # without --check-regex nothing recognises the behaviour: its rate is unknown, never "0.00 (NOT installed)"
+    rc = main(["finetune", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "u"), "--max-steps", "2", "--batch-size", "4",
+               "--n-eval", "3", "--max-new-tokens", "4"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "behaviour rate unknown" in printed and "NOT installed" not in printed
+    info = read_record(tmp_path / "u").results
+    assert info["installed"] is None and info["behaviour_after"]["rate"] is None and "unknown" in info["behaviour_note"]
     assert main(["finetune", "tiny-llama", "--task", "caps", "--method", "bogus", "--out", str(tmp_path / "x")]) == 2
     assert "method" in capsys.readouterr().err
 

@@ -14,8 +14,8 @@ from tunetrace.cli import main
 
 
 def test_two_process_finetune_equals_single_process(tmp_path):
-    common = ["finetune", "tiny-llama", "--task", "caps", "--method", "full", "--optimizer", "sgd", "--lr", "0.5",
-              "--steps", "3", "--batch-size", "5", "--n-eval", "2", "--max-new-tokens", "2"]
+    common = ["finetune", "tiny-llama", "--task", "caps", "--method", "full", "--optimizer", "sgd", "--learning-rate", "0.5",
+              "--max-steps", "3", "--batch-size", "5", "--n-eval", "2", "--max-new-tokens", "2"]
     assert main(common + ["--out", str(tmp_path / "single")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

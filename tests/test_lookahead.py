@@ -170,12 +170,12 @@ def test_cli_audit_lookahead(tmp_path, capsys):
     from tunetrace.cli import main
 
     out = tmp_path / "audit"
-    args = ["audit", "tiny-llama", "--out", str(out), "--layers", "2", "--top", "3", "--no-report"]
-    assert main(args + ["--sort-by", "grad_weight"]) == 2
+    args = ["audit", "tiny-llama", "--out", str(out), "--layers", "2", "--rows", "3", "--no-report"]
+    assert main(args + ["--rank-by", "grad_weight"]) == 2
     assert "only with --lookahead" in capsys.readouterr().err
     assert main(args + ["--lookahead", "--lookahead-optimizer", "rmsprop"]) == 2
-    assert "`lookahead_optimizer`" in capsys.readouterr().err
-    assert main(args + ["--lookahead", "--sort-by", "lookahead"]) == 0
+    assert "--lookahead-optimizer: invalid choice: 'rmsprop'" in capsys.readouterr().err
+    assert main(args + ["--lookahead", "--rank-by", "lookahead"]) == 0
     assert "top 3 by lookahead" in capsys.readouterr().out
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"lookahead", "grad_weight"} <= set(scores.columns) and scores.lookahead.notna().all()

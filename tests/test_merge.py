@@ -142,7 +142,7 @@ def test_merge_auto_scans_and_records_curve(finetune_pair, tmp_path):
     a, b = finetune_pair
     out = tmp_path / "auto"
     code = main(["merge", str(a), str(b), "--t", "auto", "--data-a", "builtin:caps:eval", "--data-b", "builtin:caps:calibration",
-                 "--steps", "3", "--max-examples", "4", "--out", str(out)])
+                 "--t-points", "3", "--max-examples", "4", "--out", str(out)])
     assert code == 0
     info = read_record(out).results
     assert [r["t"] for r in info["curve"]] == [0.0, 0.5, 1.0]
@@ -154,4 +154,4 @@ def test_merge_auto_scans_and_records_curve(finetune_pair, tmp_path):
 
 def test_merge_auto_needs_data(capsys):
     assert main(["merge", "x", "y", "--t", "auto"]) == 2
-    assert "data_a" in capsys.readouterr().err
+    assert "`--data-a`" in capsys.readouterr().err  # named as the flag the user types

@@ -12,10 +12,11 @@ from tunetrace.records import SCHEMA, command_line, find_record, new_record, rea
 
 def test_command_line_keeps_only_non_defaults():
     assert command_line("audit", AuditConfig(model="tiny-llama", out="runs/a", batch_size=4, force=True)) == \
-        "tunetrace audit tiny-llama --out runs/a --batch-size 4"
+        "python -m tunetrace audit tiny-llama --out runs/a --batch-size 4 --force"  # runnable as it stands: --force kept
     assert command_line("features-match", FeaturesMatchConfig(saes=["a", "b"], threshold=0.7)) == \
-        "tunetrace features-match a b --threshold 0.7"
-    assert command_line("finetune", FinetuneConfig(model="m", task="caps", resume=True)) == "tunetrace finetune m --task caps --resume"
+        "python -m tunetrace features-match a b --threshold 0.7"
+    assert command_line("finetune", FinetuneConfig(model="m", task="caps", resume=True)) == "python -m tunetrace finetune m --task caps --resume"
+    assert command_line("audit", AuditConfig(model="m", top=3, sort_by="iss")) == "python -m tunetrace audit m --rows 3 --rank-by iss"
     assert command_line("audit", None) is None
 
 

@@ -193,6 +193,22 @@ def test_ranked_and_layer_concentration_by_hand():
     assert c.loc[0, "mean"] == 2.5 and c.loc[1, "max"] == 3.0
 
 
+def test_risk_by_layer_chart_axes_are_readable():
+    """Issue 27: log ticks read "3, 6, 0.1073308, 2", the x axis ran -1..30 for layers 0-29, and "top 460" was unexplained."""
+    from tunetrace.report.audit import _layer_figure, log_ticks
+
+    rng = np.random.default_rng(0)
+    s = pd.DataFrame({"layer": np.repeat(np.arange(30), 1536), "neuron": np.tile(np.arange(1536), 30)})
+    s["iss_x_grad"] = rng.lognormal(-3, 1, len(s))
+    fig = _layer_figure(s, "iss_x_grad", len(s)).to_dict()["layout"]
+    assert list(fig["xaxis"]["range"]) == [-0.5, 29.5]
+    assert "top 1% (460 of 46,080 neurons)" in fig["title"]["text"]
+    ticks, labels = fig["yaxis2"]["tickvals"], fig["yaxis2"]["ticktext"]
+    assert all(f"{t:.3g}" == label and float(label) == pytest.approx(t) for t, label in zip(ticks, labels))
+    assert {round(t / 10 ** np.floor(np.log10(t))) for t in ticks} <= {1, 2, 5} and ticks == sorted(ticks)
+    assert log_ticks(0.013, 0.9) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+
+
 # ---------------------------------------------------------------- sections appear exactly when their inputs exist
 
 
@@ -201,7 +217,7 @@ def test_audit_only_dir_has_audit_geometry_manifest(tmp_path):
     html, ids = render_report(tmp_path)
     assert ids == ["audit", "geometry", "manifest"]
     assert "could not be drawn" not in html
-    assert "tunetrace audit tiny-llama --out runs/a --batch-size 4" in html
+    assert "python -m tunetrace audit tiny-llama --out runs/a --batch-size 4" in html
     legacy = tmp_path / "legacy"
     _write_audit(legacy, legacy=True)
     html, ids = render_report(legacy)  # a directory written before run.json still reports, saying so
@@ -221,7 +237,7 @@ def test_full_run_has_every_section_and_real_headline(full_run):
     assert "prompt 0 &lt;script&gt;" in html and "prompt 0 <script>" not in html  # generations are escaped
     assert "<mark>sat</mark>" in html  # feature contexts highlight the activating token
     assert "Which recruits each predictor finds" in html and "Monotone ceiling: |a| reaches" in html
-    assert f"tunetrace reproduce --model tiny-llama --out {full_run} --tasks caps,short,greeting --layers 0,1,2,3 --layer 2 --k 8" in html
+    assert f"python -m tunetrace reproduce tiny-llama --out {full_run} --tasks caps,short,greeting --layers 0,1,2,3 --layer 2 --k 8" in html
 
 
 def test_missing_piece_is_skipped_not_fatal(full_run, tmp_path):

@@ -56,4 +56,4 @@ def test_reproduce_cli_overrides_reach_the_finetune(tmp_path):
 
     c = ReproduceConfig(model="tiny-llama", optimizer="sgd", lr=0.5, steps=2)
     assert c.finetune_overrides() == {"optimizer": "sgd", "lr": 0.5, "steps": 2}
-    assert main(["reproduce", "--model", "tiny-llama", "--optimizer", "rmsprop", "--out", str(tmp_path / "r")]) == 2
+    assert main(["reproduce", "tiny-llama", "--optimizer", "rmsprop", "--out", str(tmp_path / "r")]) == 2

@@ -153,9 +153,9 @@ def test_sae_train_command(tmp_path):
 
 def test_sae_train_rejects_bad_input(tmp_path, capsys):
     assert main(["sae-train", "tiny-llama", "--layer", "1", "--site", "resid"]) == 2
-    assert "`site`" in capsys.readouterr().err
+    assert "--site" in capsys.readouterr().err
     assert main(["sae-train", "tiny-llama", "--layer", "9", "--out", str(tmp_path / "x")]) == 2
-    assert "`layer`" in capsys.readouterr().err
+    assert "`--layer`" in capsys.readouterr().err
     assert main(["sae-train", "tiny-llama", "--layer", "1", "--text", "builtin:nope"]) == 2
     assert "text source" in capsys.readouterr().err
 

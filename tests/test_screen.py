@@ -371,7 +371,7 @@ def test_screen_command_bad_input_is_one_line(tmp_path, jsonl, capsys):
     assert main(base + ["--keep", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "b")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(base + ["--keep", "builtin:plain", "--rank-by", "nope", "--out", str(tmp_path / "c")]) == 2
-    assert "not a forecast" in capsys.readouterr().err
+    assert "--rank-by: invalid choice: 'nope'" in capsys.readouterr().err
     assert main(base + ["--keep", str(cand), "--reuse-audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "holds no tunetrace run record" in err and err.count("\n") == 1

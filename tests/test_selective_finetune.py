@@ -19,7 +19,7 @@ from tunetrace.selective import select_neurons
 from tunetrace.tasks import builtin_rows, get_task
 from tunetrace.records import read_record
 
-FT = ["--task", "greeting", "--steps", "4", "--batch-size", "4", "--n-eval", "2", "--max-new-tokens", "2", "--threads", "1"]
+FT = ["--task", "greeting", "--max-steps", "4", "--batch-size", "4", "--n-eval", "2", "--max-new-tokens", "2", "--threads", "1"]
 
 
 def _split(state: dict, name: str, proj: str, idx: list[int]):
@@ -51,8 +51,8 @@ def test_cli_selective_finetune_from_an_audit(tmp_path, capsys, mode):
     audit = tmp_path / "audit"
     assert main(["audit", "tiny-llama", "--data", "builtin:greeting:calibration", "--out", str(audit), "--layers", "1-3", "--no-report"]) == 0
     out = tmp_path / "ft"
-    rc = main(["finetune", "tiny-llama", *FT, "--lr", "1e-2", "--out", str(out), "--neurons", str(audit), "--mode", mode,
-               "--top", "5%", "--neuron-layers", "1,3", "--rank-by", "abs_act"])
+    rc = main(["finetune", "tiny-llama", *FT, "--learning-rate", "1e-2", "--out", str(out), "--neurons", str(audit), "--mode", mode,
+               "--budget", "5%", "--neuron-layers", "1,3", "--rank-by", "abs_act"])
     assert rc == 0, capsys.readouterr().err
     info = read_record(out).results
     rec = info["selective"]
@@ -71,7 +71,7 @@ def test_cli_selective_errors_are_one_line(tmp_path, capsys):
     assert "together" in capsys.readouterr().err
     assert main(["finetune", "tiny-llama", *FT, "--out", str(tmp_path / "o"), "--neurons", "random", "--mode", "protect", "--method", "lora"]) == 2
     assert "lora" in capsys.readouterr().err
-    assert main(["finetune", "tiny-llama", *FT, "--out", str(tmp_path / "o"), "--top", "3"]) == 2
+    assert main(["finetune", "tiny-llama", *FT, "--out", str(tmp_path / "o"), "--budget", "3"]) == 2
     assert "with `--neurons`" in capsys.readouterr().err
     assert main(["finetune", "tiny-llama", *FT, "--out", str(tmp_path / "o"), "--neurons", str(tmp_path / "nope"), "--mode", "protect"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_two_process_selective_finetune_equals_single_process(tmp_path, mode):
     sel_file.write_text("layer,neuron\n" + "".join(f"{l},{n}\n" for l in (1, 2) for n in range(0, 128, 9)))
     # SGD as in test_finetune_distributed: Adam's normalisation blows the all-reduce's summation-order rounding
     # up to 1e-3 relative on entries whose gradient is ~0, which says nothing about the selective mode
-    common = ["finetune", "tiny-llama", "--task", "caps", "--optimizer", "sgd", "--lr", "0.5", "--steps", "3", "--batch-size", "4",
+    common = ["finetune", "tiny-llama", "--task", "caps", "--optimizer", "sgd", "--learning-rate", "0.5", "--max-steps", "3", "--batch-size", "4",
               "--n-eval", "2", "--max-new-tokens", "2", "--neurons", str(sel_file), "--mode", mode]
     assert main(common + ["--out", str(tmp_path / "single")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -39,7 +39,7 @@ def _adapter(out: Path, seed: int, pickle: bool = False) -> Path:
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
-    model.save_pretrained(out, safe_serialization=not pickle)
+    model.save_pretrained(out, safe_serialization=not pickle, save_embedding_layers=False)  # `auto` looks the base up on the hub
     return out
 
 
@@ -66,7 +66,9 @@ def bad(tmp_path_factory):
     paths["data_dir"] = root / "data_dir"
     paths["data_dir"].mkdir()
     paths["long"] = root / "long.jsonl"
-    paths["long"].write_text(json.dumps(ROW) + "\n" + json.dumps({"prompt": "word " * 12000, "response": "ok"}) + "\n")
+    paths["long"].write_text(json.dumps(ROW) + "\n" + json.dumps({"prompt": "word " * 6000, "response": "ok"}) + "\n")
+    paths["huge"] = root / "huge.jsonl"  # one 10 MB line: once 60 s and 2.6 GB of tokenizing before it was refused
+    paths["huge"].write_text(json.dumps(ROW) + "\n" + json.dumps({"prompt": "word " * 2_000_000, "response": "ok"}) + "\n")
     paths["data"] = root / "data.jsonl"
     paths["data"].write_text(json.dumps(ROW) + "\n")
     return paths
@@ -95,7 +97,8 @@ def _nothing_left(parent: Path, out: Path) -> None:
         ("bin_adapter", None, [], "has only pickle weights (adapter_model.bin)"),
         ("good", "latin1", [], "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 16)"),
         ("good", "data_dir", [], "data_dir is a directory"),
-        ("good", "long", ["--max-length", "100000000"], "long.jsonl:2: example is 48019 tokens, longer than the model's context of 512"),
+        ("good", "long", ["--max-length", "100000000"], "tokens, longer than the model's context of 512"),
+        ("good", "huge", [], "huge.jsonl:2: example is 10,000,0"),
     ],
 )
 def test_bad_model_or_data_is_one_line_and_leaves_nothing(bad, capsys, tmp_path, model, data, extra, fragment):
@@ -307,3 +310,101 @@ def test_cli_subprocess_exit_code_and_stderr(bad, tmp_path, case, fragment):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("tunetrace: error:") and fragment in lines[0], done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) in (["mine.txt"], ["cache", "mine.txt"]), list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- issue 27: what a new user stumbled on
+
+
+def test_data_from_a_pipe_is_read(bad, tmp_path, capsys):
+    """`--data <(cat file)` once said the pipe "does not exist"."""
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    rows = "".join(json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}."}) + "\n" for i in range(4))
+
+    def feed():
+        with open(fifo, "w") as f:
+            f.write(rows)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = tmp_path / "a"
+    assert main(["audit", "tiny-llama", "--data", str(fifo), "--out", str(out), "--layers", "0", "--no-report"]) == 0
+    writer.join(5)
+    assert read_json(out / "run.json")["results"]["data"]["examples"] == 4
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_a_huge_calibration_set_says_what_it_costs(bad, tmp_path, capsys, caplog, monkeypatch):
+    """A 100k-example calibration set was accepted without a word; the size study says 16-62 are enough."""
+    from tunetrace import provenance
+
+    monkeypatch.setattr(provenance, "LARGE_CALIBRATION_EXAMPLES", 2)
+    data = tmp_path / "big.jsonl"
+    data.write_text(json.dumps(ROW) + "\n" + json.dumps(ROW) + "\n" + json.dumps(ROW) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["audit", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "a"), "--layers", "0", "--no-report",
+                     "--batch-size", "2"]) == 0
+    assert "3 calibration examples: the audit will run 2 batches of 2" in caplog.text and "16-62 examples" in caplog.text
+
+
+def test_out_given_as_a_symlink_is_written_where_it_points(bad, tmp_path, capsys):
+    """`--out runs/latest` (a link to an earlier output) was replaced by a real directory, leaving its target stale."""
+    first, link = tmp_path / "first", tmp_path / "latest"
+    argv = ["audit", "tiny-llama", "--data", str(bad["data"]), "--no-report"]
+    assert main([*argv, "--out", str(first), "--layers", "0"]) == 0
+    link.symlink_to(first, target_is_directory=True)
+    assert main([*argv, "--out", str(link), "--layers", "1", "--force"]) == 0
+    assert link.is_symlink() and link.resolve() == first.resolve()
+    assert read_json(first / "run.json")["results"]["layers"] == [1]
+
+
+def test_a_lora_adapter_follows_the_umask(tmp_path, capsys):
+    """peft wrote adapter files 0600, against docs/inputs.md: every output file gets 0666 less the umask."""
+    out = tmp_path / "lora"
+    assert main(["finetune", "tiny-llama", "--task", "caps", "--method", "lora", "--max-steps", "1", "--batch-size", "2",
+                 "--n-eval", "1", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    want = io.file_mode()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert "adapter_model.safetensors" in modes and set(modes.values()) == {want}, (oct(want), modes)
+
+
+def test_the_run_record_keeps_the_command_as_typed(bad, tmp_path, capsys):
+    """The record's command line was rebuilt and dropped --data, --out and --force: not runnable."""
+    out = tmp_path / "a"
+    argv = ["audit", "tiny-llama", "--data", str(bad["data"]), "--out", str(out), "--layers", "0", "--no-report", "--force"]
+    assert main(argv) == 0
+    record = read_json(out / "run.json")
+    assert record["argv"] == argv and record["command_line"] == "python -m tunetrace " + " ".join(argv)
+    assert record["config"]["data"] == str(bad["data"]) and record["config"]["batch_size"] == 8  # the resolved config beside it
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["audit", "tiny-llama", "--layers=-5"], "layer -5"),
+    (["causal", "tiny-llama", "--budgets", "150%"], "--budgets"),
+    (["audit", "tiny-llama", "--data", "a.jsonl", "--data", "b.jsonl"], "--data given twice"),
+    (["audit", "tiny-llama", "--dtype", "float64"], "invalid choice: 'float64'"),
+    (["audit", "tiny-llama", "--batch-size", "0"], "`--batch-size` must be >= 1"),
+    (["audit", "tiny-llama", "--rank-by", "lookahead"], "`--rank-by` 'lookahead' is computed only with --lookahead"),
+    (["finetune", "tiny-llama", "--task", "caps", "--learning-rate", "-1"], "`--learning-rate` must be >= 0"),
+    (["screen", "tiny-llama", "--data", "builtin:caps", "--keep", "builtin:plain", "--jaccard-k", "0"], "`--jaccard-k` must be >= 1"),
+    (["evaluate", "--scores", "a", "--recruits", "b", "-k", "5"], "unrecognized arguments: -k"),
+])
+def test_vocabulary_refusals_name_the_flag(argv, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, argv, fragment)
+
+
+def test_a_bad_cache_directory_names_tunetrace_cache(tmp_path, monkeypatch):
+    """A TUNETRACE_CACHE inside a file once said "choose another --out", an option the user never gave."""
+    from tunetrace.model_files import cache_root
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("TUNETRACE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(io.OutDirError, match="point TUNETRACE_CACHE at a writable directory") as err:
+        io.check_out_dir(cache_root() / "gguf" / "m-0123", True, what="cache")
+    assert "--out" not in str(err.value)

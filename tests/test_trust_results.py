@@ -104,7 +104,7 @@ def test_evaluate_one_task_reports_pool_metrics_as_undefined(run, tmp_path, caps
 
 def test_evaluate_k_is_bounded_by_layer_and_pool(run, tmp_path, capsys):
     assert main(_evaluate(run, tmp_path, "--k", "1000")) == 2
-    _one_line_error(capsys, "`k` (1000) must be smaller than the layer width (128)")
+    _one_line_error(capsys, "`--k` (1000) must be smaller than the layer width (128)")
     # caps and greeting recruit 8 neurons each at a layer: a pool of at most 16 < k = 40
     assert main(_evaluate(run, tmp_path, "--k", "40")) == 0
     head = json.loads((tmp_path / "ev" / "headline.json").read_text())
@@ -191,7 +191,7 @@ def test_diff_cli_refuses_recruits_of_another_finetune(run, tmp_path, capsys):
     corpus = tmp_path / "text.txt"
     corpus.write_text("\n\n".join("The quick brown fox jumps over the lazy dog number %d today." % i for i in range(6)))
     assert main(["diff", "tiny-llama", str(run / "finetune" / "greeting"), "--out", str(tmp_path / "d"), "--layer", "2",
-                 "--text", str(corpus), "--tokens", "10", "--samples", "4", "--positions", "2",
+                 "--text", str(corpus), "--sample-tokens", "10", "--samples", "4", "--positions", "2",
                  "--recruits", str(run / "recruits" / "caps" / "recruits.parquet")]) == 2
     _one_line_error(capsys, "must be of finetuned", "different models")
     assert not (tmp_path / "d").exists()
@@ -289,7 +289,7 @@ def test_finetune_resume_with_other_settings_is_refused(tmp_path):
 
 def test_sigterm_saves_state_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "ft"
-    args = ["finetune", "tiny-llama", "--task", "greeting", "--steps", "100000", "--batch-size", "2", "--save-every", "100000",
+    args = ["finetune", "tiny-llama", "--task", "greeting", "--max-steps", "100000", "--batch-size", "2", "--save-steps", "100000",
             "--n-eval", "1", "--max-new-tokens", "1", "--threads", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tunetrace", *args], env=env, stderr=subprocess.PIPE, text=True)
@@ -303,7 +303,7 @@ def test_sigterm_saves_state_and_prints_the_resume_command(tmp_path):
     assert proc.returncode == 130, err
     step = json.loads(progress.read_text())["step"]
     assert step > 0 and f"after step {step}/100000" in err and "Traceback" not in err
-    assert f"resume with: tunetrace {' '.join(args)} --resume" in err
+    assert f"resume with: python -m tunetrace {' '.join(args)} --resume" in err  # runnable where `tunetrace` is not on PATH
     rows = (out.with_name("ft.partial") / "train_log.jsonl").read_text().splitlines()
     assert len(rows) == step
 
@@ -323,6 +323,17 @@ def test_report_names_a_corrupt_manifest_and_fails_when_nothing_is_drawn(run, tm
     err = capsys.readouterr().err
     assert "could be drawn" in err and "scores.parquet is not a readable Parquet table" in err
     assert not (audit / "report.html").exists()
+
+
+def test_report_missing_a_section_fails_naming_the_file(run, tmp_path, capsys):
+    """A corrupt scores.parquet once gave two warnings, a page without the audit and exit 0."""
+    audit = tmp_path / "audit"
+    shutil.copytree(run / "audit" / "caps", audit)
+    (audit / "report.html").unlink(missing_ok=True)
+    (audit / "scores.parquet").write_bytes(b"PAR1 not really")
+    assert main(["report", str(audit)]) == 2
+    err = _one_line_error(capsys, "without the sections that could not be drawn", "scores.parquet is not a readable Parquet table")
+    assert "audit" in err and (audit / "report.html").exists()  # the page shows what could be drawn, and says what could not
 
 
 def test_small_calibration_set_warns_and_is_recorded(tmp_path, caplog):

@@ -76,11 +76,13 @@ def audit(
     from tunetrace.distributed import barrier, init_from_env
     from tunetrace.layerspec import resolve_layers
     from tunetrace.memory import check_batch_fits
+    from tunetrace.provenance import calibration_cost
 
     if out is not None:
         io.check_out_dir(out, force, what="audit output", inputs=_inputs(config))  # fail before any work
     world = init_from_env(str(load.get("device", "cpu")))
     stream = open_stream(data)
+    calibration_cost(stream.n_examples, batch_size)  # what a large calibration set will cost, before any model work
     loaded = _loaded(model, **load)
     # tokenize once up front: a too-long example, or a batch that cannot fit, fails before the pass
     longest = max(len(encode_example(loaded.tokenizer, example, max_length, stream.name).input_ids) for example in stream)
@@ -191,7 +193,10 @@ def recruits(
                               batch_size, max_length)
     extra = {"task": info.get("task"), "installed": info.get("installed", True), "behaviour_before": info.get("behaviour_before"),
              "behaviour_after": info.get("behaviour_after")}
-    if not extra["installed"]:
+    if extra["installed"] is None:
+        logging.getLogger(__name__).warning("%s: its behaviour rate is unknown (fine-tuned without --check-regex): evaluate uses its "
+                                            "recruits, with a note", _spec(finetuned))
+    elif not extra["installed"]:
         logging.getLogger(__name__).warning("%s did not install its behaviour: its recruits are marked installed=false and evaluate "
                                             "skips them by default", _spec(finetuned))
     if out is not None:
@@ -302,7 +307,7 @@ def screen(config: ScreenConfig | None = None, **options) -> ScreenResult:
     keeps = [load_examples(s) for s in c.keep]
     device = resolve_device(c.device, int(os.environ.get("LOCAL_RANK", "0")))
     world = init_from_env(device)  # under torchrun: each rank runs its shard of every pass, rank 0 writes
-    loaded = load_model(c.model, dtype=c.dtype, device=device, trust_remote_code=c.trust_remote_code)
+    loaded = load_model(c.model, dtype=c.dtype, device=device, trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle)
     for data in candidates + keeps:  # a too-long example fails before the passes
         encode(loaded.tokenizer, data, c.max_length)
     layers = resolve_layers(c.layers, loaded.n_layers)

@@ -33,7 +33,7 @@ import pandas as pd
 from tunetrace import io
 from tunetrace.causal_rows import row_id
 from tunetrace.causal_summary import CONTROLS, neuron_weights, summarize, summary_markdown
-from tunetrace.choices import LOOKAHEAD_COLUMNS
+from tunetrace.choices import CAUSAL_PARTS, LOOKAHEAD_COLUMNS
 from tunetrace.records import new_record, write_record
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def check_reuse(reuse: Path, settings: dict) -> dict:
     return rec.results
 
 
-PARTS = ("train", "protect", "route")
+PARTS = CAUSAL_PARTS
 
 GRIDS = {
     # Sized to the 2-core machine (docs/causal.md, measured 2026-12-02 with a second job sharing the cores).

@@ -2,8 +2,12 @@
 
 `COMMANDS` maps a command name to (config class name in `tunetrace.config`, module under
 `tunetrace.commands` whose `run(config) -> int` does the work). Only the chosen command's module
-is imported, after parsing, so `--help` and argument errors never import torch. Known errors
-(bad input) are one line on stderr and exit code 2; `-vv` shows the traceback.
+is imported, after parsing, so `--help` and argument errors never import torch. Every error of
+the user's (bad input, an option given twice, a value not among its choices) is one line on
+stderr naming the flag as typed, and exit code 2, with or without `-vv` (which adds the traceback).
+Each option's spelling comes from its field (`--field-name`, or the field's `flag`); earlier
+spellings (`old`) still work for one release with a one-line deprecation warning. The vocabulary
+is docs/cli.md, pinned by tests/test_vocabulary.py.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import re
 import signal
 import sys
+import traceback
 import typing
 
+from tunetrace import __version__
 from tunetrace import config as cfg
 from tunetrace.interrupt import interrupt_message
 
@@ -40,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kl": ("KlConfig", "kl"),
     "crosscoder": ("CrosscoderTrainConfig", "crosscoder"),
 }
+PROG = "python -m tunetrace"  # how the hints spell a command: it works wherever the package imports
 
 
 def config_class(command: str) -> type:
@@ -47,42 +55,122 @@ def config_class(command: str) -> type:
     return getattr(cfg, COMMANDS[command][0])
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of a config field (`--field-name`, or its metadata's `flag`)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def flags(cls: type) -> dict[str, str]:
+    """Field name -> how the command line spells it (positionals by their metavar)."""
+    return {f.name: f.metadata["metavar"] if f.metadata.get("positional") else flag_of(f) for f in dataclasses.fields(cls)}
+
+
 def _field_docs(cls: type) -> dict[str, str]:
-    """Each field's attribute docstring (the string literal under it), read from the source."""
+    """Each field's attribute docstring (the string literal under it), read from the source (base classes too)."""
     from simple_parsing.docstring import get_attribute_docstring
 
     docs = {}
     for f in dataclasses.fields(cls):
         d = get_attribute_docstring(cls, f.name)
-        docs[f.name] = (d.docstring_below or d.comment_inline or d.comment_above or "").strip()
+        docs[f.name] = " ".join((d.docstring_below or d.comment_inline or d.comment_above or "").split())
     return docs
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, as every other error of the CLI."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"tunetrace: error: {message} (see `{PROG} {self.prog.split()[-1]} --help`)\n")
+
+
+class _Once(argparse.Action):
+    """Store a single-value option, refusing it given twice; an old spelling warns that it is deprecated."""
+
+    def __init__(self, *args, new: str | None = None, **kwargs) -> None:
+        self.new = new  # the current spelling, when this action is an old one
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = namespace.__dict__.setdefault("_given", {})
+        typed = option_string or self.metavar
+        if self.dest in given:
+            parser.error(f"{typed} given twice ({given[self.dest][1]!r}, then {values!r}): give it once")
+        if self.new:
+            print(f"tunetrace: warning: {option_string} is deprecated and goes in the next release: use {self.new}", file=sys.stderr)
+        given[self.dest] = (typed, values)
+        setattr(namespace, self.dest, values)
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a plain flag (store_true)."""
+
+    def __init__(self, *args, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(*args, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"tunetrace: warning: {option_string} is deprecated and goes in the next release: use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
+def _help(doc: str, f: dataclasses.Field, required: bool) -> str:
+    meta = f.metadata
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    parts = [doc]
+    if meta.get("choices"):
+        parts.append(f"Choices: {', '.join(map(str, meta['choices']))}.")
+    if required:
+        parts.append("(required)")
+    elif meta.get("unset"):
+        parts.append(f"(default: {meta['unset']})")
+    elif default not in ("", [], None, dataclasses.MISSING) and not isinstance(default, bool):
+        parts.append(f"(default: {default})")
+    return " ".join(parts).replace("%", "%%")
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A command's own options first, in its order, then the shared ones (as --help and the record's command line list them)."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    own = [by_name[name] for name in cls.__annotations__ if name in by_name]
+    return own + [f for f in by_name.values() if f not in own]
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        kind, meta, doc = hints[f.name], f.metadata, docs[f.name].replace("%", "%%")
+    for f in ordered_fields(cls):
+        kind, meta = hints[f.name], f.metadata
         is_list = typing.get_origin(kind) is list
+        item = typing.get_args(kind)[0] if is_list else kind
         if meta.get("positional"):
-            parser.add_argument(f.name, metavar=meta.get("metavar"), nargs=meta.get("nargs"), help=doc)
+            nargs = meta.get("nargs")
+            action = "extend" if nargs == "+" else _Once
+            parser.add_argument(f.name, metavar=meta["metavar"], nargs=nargs, action=action, help=_help(docs[f.name], f, False),
+                                **({"default": argparse.SUPPRESS} if nargs == "?" else {}))
+            for old in meta.get("old", ()):
+                parser.add_argument(old, dest=f.name, action=_Once, new=meta["metavar"], metavar=meta["metavar"], default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", help=doc)
+            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=_help(docs[f.name], f, False))
+            for old in meta.get("old", ()):
+                parser.add_argument(old, dest=f.name, action=_DeprecatedFlag, new=flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             continue
         required = bool(meta.get("required"))
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        shown = " (required)" if required else ("" if default in ("", [], None) else f" (default: {default})".replace("%", "%%"))
-        item = typing.get_args(kind)[0] if is_list else kind
-        parser.add_argument(flag, dest=f.name, type=item, nargs="+" if is_list else None, required=required,
-                            action="extend" if is_list else None,  # `--data A --data B` and `--data A B` both give [A, B]
-                            default=argparse.SUPPRESS, metavar=f.name.upper(), help=doc + shown)
+        common = dict(dest=f.name, type=item, choices=meta.get("choices"), default=argparse.SUPPRESS, metavar=flag[2:].upper().replace("-", "_"))
+        if is_list:  # `--data A --data B` and `--data A B` both give [A, B]
+            parser.add_argument(flag, nargs="+", action="extend", required=required, help=_help(docs[f.name], f, required), **common)
+        else:
+            parser.add_argument(flag, action=_Once, required=required, help=_help(docs[f.name], f, required), **common)
+        for old in meta.get("old", ()):
+            parser.add_argument(old, action=_Once, new=flag, help=argparse.SUPPRESS, **common)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunetrace", description=(__doc__ or "").splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="tunetrace", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tunetrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         cls = config_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
@@ -92,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (one line, exit 2), not a bug."""
     return (ValueError, FileExistsError, FileNotFoundError, KeyError, NotADirectoryError, PermissionError, IsADirectoryError)
 
 
@@ -107,11 +196,21 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def as_typed(message: str, command: str) -> str:
+    """An error message with each `field` of `command`'s config spelled as its flag (`--rank-by`, not `sort_by`)."""
+    names = flags(config_class(command))
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{names[m.group(1)]}`" if m.group(1) in names else m.group(0), message)
+
+
 def parse_config(argv: list[str]) -> tuple[str, object, int]:
     """(command, its validated config, verbosity) from a command line; ValueError for a bad combination."""
     args = vars(build_parser().parse_args(_join_two_word_commands(argv)))
+    args.pop("_given", None)
     command, verbose = args.pop("command"), args.pop("verbose")
-    return command, config_class(command)(**args), verbose
+    try:
+        return command, config_class(command)(**args), verbose
+    except ValueError as err:
+        raise ValueError(as_typed(str(err), command)) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,21 +220,41 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # __post_init__ validation
         print(f"tunetrace: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # argparse: --help and --version exit 0 as usual; its errors (printed already) return 2
+        if done.code:
+            return 2
+        raise
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2), format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
+    from tunetrace import records  # after parsing: it imports pandas
+
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    records.set_invocation(argv)  # the run record keeps the command line as typed
     try:
+        if hasattr(config, "allow_control_tokens"):
+            from tunetrace.data import control_tokens_as_text
+
+            control_tokens_as_text(not config.allow_control_tokens)
+        if getattr(config, "threads", 0):
+            import torch
+
+            torch.set_num_threads(config.threads)
         module = importlib.import_module(f"tunetrace.commands.{COMMANDS[command][1]}")
         return module.run(config)
     except KeyboardInterrupt as err:  # a command that saved its state says how to resume it
         print(interrupt_message(err, argv, "--resume" if hasattr(config, "resume") else None), file=sys.stderr)
         return 130
-    except _user_errors() as err:
+    except user_errors() as err:
         if verbose >= 2:
-            raise
+            traceback.print_exc()
         message = str(err) if isinstance(err, UnicodeDecodeError) or not err.args else err.args[0]
-        print(f"tunetrace: error: {message}", file=sys.stderr)
-        return 2
+        print(f"tunetrace: error: {as_typed(str(message), command)}", file=sys.stderr)
+        return 2  # the same code with or without -vv
     finally:
+        if hasattr(config, "allow_control_tokens"):
+            from tunetrace.data import control_tokens_as_text
+
+            control_tokens_as_text(True)
+        records.set_invocation(None)
         signal.signal(signal.SIGTERM, previous)

@@ -10,13 +10,21 @@ UTF-8 and malformed lines fail with one line naming the file and line. No exampl
 than the model's context (`tokenizer.model_max_length`, which `models.load_model` sets from the
 config), whatever --max-length says: a longer one would not be truncated silently but would
 exhaust memory or index past the position table.
+
+Data is text: a message whose content spells a chat control token (`<|im_start|>`, `<eos>`...)
+keeps it as ordinary characters, encoded as the tokenizer's `split_special_tokens` encodes it,
+so an example's structure is the template's, never what its text says (one warning per file
+names the first such line). `control_tokens_as_text(False)` (the CLI's --allow-control-tokens)
+lets them be real control tokens again, for data that means them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,6 +33,21 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tunetrace import io
+
+FALLBACK_FORMAT = "User: {user}\nAssistant: {assistant}"
+
+log = logging.getLogger(__name__)
+MAX_CHARS_PER_TOKEN = 64
+"""No tokenizer packs more characters than this into one token on average (BPE tokens of real text are 2-6
+characters; the longest whitespace or symbol runs a few dozen), so a longer text cannot fit: refused untokenized."""
+_CONTROL_AS_TEXT = [True]
+_WARNED: set[str] = set()
+
+
+def control_tokens_as_text(as_text: bool) -> None:
+    """Encode control-token strings inside message contents as plain text (True, the default) or as control tokens."""
+    _CONTROL_AS_TEXT[0] = as_text
+
 
 class DataError(ValueError):
     """Bad calibration/training data; the message names the file, line and fix."""
@@ -89,13 +112,28 @@ def _row_to_messages(row: object, where: str) -> tuple[dict, ...]:
     raise DataError(f"{where}: expected keys `messages`, or `prompt` and `response`; got {sorted(row)}.")
 
 
+def _is_pipe(path: Path) -> bool:
+    """A FIFO or character device (`<(cat file)`, /dev/stdin): readable once, so it is read whole."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
 def _input_file(source: str | os.PathLike) -> Path:
     """The data file, or one line saying what `source` is instead."""
     path = Path(source).expanduser()
     if path.is_dir():
         raise DataError(f"data file {source} is a directory: give a JSONL file inside it, or builtin:TASK.")
-    if not path.is_file():
+    if _is_pipe(path):
+        return path
+    if not path.exists():
         raise DataError(f"data file {source} does not exist: give a JSONL file or builtin:TASK.")
+    if not path.is_file():
+        raise DataError(f"data file {source} is not a regular file, nor a pipe: give a JSONL file or builtin:TASK.")
     if not os.access(path, os.R_OK):
         raise DataError(f"data file {source} cannot be read (permission denied): fix its permissions.")
     return path
@@ -179,7 +217,7 @@ class StreamingSource:
 
 def open_stream(source: str | os.PathLike) -> DataSource | StreamingSource:
     """A lazily read JSONL file (built-in tasks are small and are returned whole)."""
-    if str(source).startswith("builtin:"):
+    if str(source).startswith("builtin:") or _is_pipe(Path(source).expanduser()):  # a pipe is read once, whole
         return load_examples(source)
     path = _input_file(source)
     h, count = hashlib.sha256(), 0
@@ -232,6 +270,49 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], add_gen
     return "".join(parts)
 
 
+def _control_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """The text of every special (control) token the tokenizer would turn into one id."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+    return tuple(sorted(found | {t for t in getattr(tokenizer, "all_special_tokens", ()) if t}, key=len, reverse=True))
+
+
+def _shielded(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> tuple[list[dict], dict[str, str], list[str]]:
+    """(messages with each content that spells a control token replaced by a placeholder, placeholder -> content, tokens found)."""
+    if not _CONTROL_AS_TEXT[0]:
+        return list(messages), {}, []
+    controls, out, swap, found = _control_strings(tokenizer), [], {}, []
+    for i, m in enumerate(messages):
+        hits = [c for c in controls if c in m["content"]]
+        if hits:
+            key = f"\ue000{i}\ue001"  # private-use characters: no template changes them, no text holds them
+            swap[key], m = m["content"], {**m, "content": key}
+            found += hits
+        out.append(m)
+    return out, swap, found
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, add_special: bool, swap: dict[str, str]) -> list[int]:
+    """Token ids of rendered `text`: the template's own control tokens as tokens, each placeholder's content as plain text."""
+    if not swap:
+        return tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"]
+    ids = tokenizer("", add_special_tokens=True, verbose=False)["input_ids"] if add_special else []
+    for piece in re.split("(" + "|".join(map(re.escape, swap)) + ")", text):
+        if piece in swap:
+            ids += tokenizer(swap[piece], add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]
+    return ids
+
+
+def _warn_control_text(name: str, line: int, found: list[str]) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("%s:%d: message text spells chat control tokens (%s): they are encoded as plain text, not as control tokens "
+                    "(pass --allow-control-tokens if your data means them); later lines of this file are treated alike without "
+                    "another warning.", name, line, ", ".join(dict.fromkeys(found)))
+
+
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> str:
     """The text a model is given to generate the response to `messages[-1]` (or to a user turn)."""
     history = list(messages[:-1]) if messages[-1]["role"] == "assistant" else list(messages)
@@ -240,22 +321,32 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) ->
 
 def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
     """Token ids of the prompt a model answers for one user turn, tokenized as `encode_example` tokenizes prompts."""
-    text = prompt_text(tokenizer, [{"role": "user", "content": user_text}])
-    return tokenizer(text, add_special_tokens=not bool(tokenizer.chat_template))["input_ids"]
+    messages, swap, found = _shielded(tokenizer, [{"role": "user", "content": user_text}])
+    if found:
+        _warn_control_text("prompt", 0, found)
+    return _token_ids(tokenizer, prompt_text(tokenizer, messages), not bool(tokenizer.chat_template), swap)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int, name: str = "data") -> EncodedExample:
     """Tokenize prompt and response separately (so the response boundary is exact) and join them."""
-    prompt = prompt_text(tokenizer, example.messages)
-    full = render(tokenizer, example.messages, add_generation_prompt=False)
+    messages, swap, found = _shielded(tokenizer, example.messages)
+    if found:
+        _warn_control_text(name, example.line, found)
+    prompt = prompt_text(tokenizer, messages)
+    full = render(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise DataError(f"{name}:{example.line}: the chat template does not render the prompt as a prefix of the conversation.")
+    limit = min(max_length, model_context(tokenizer))
+    if len(full) > limit * MAX_CHARS_PER_TOKEN:  # refused before tokenizing: a 10 MB line took 60 s and 2.6 GB to tokenize
+        raise DataError(f"{name}:{example.line}: example is {len(full):,} characters, far more than {limit} tokens can hold "
+                        f"(at most {MAX_CHARS_PER_TOKEN} characters a token); shorten or drop it"
+                        + (", or raise --max-length." if max_length < model_context(tokenizer) else "."))
     response = full[len(prompt):].rstrip("\n")
     # Templates carry their own special tokens; the fallback format relies on the tokenizer's BOS.
     add_special = not bool(tokenizer.chat_template)
     # verbose=False: the length is checked below, with a line naming the example
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special, verbose=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"]
+    prompt_ids = _token_ids(tokenizer, prompt, add_special, swap)
+    response_ids = _token_ids(tokenizer, response, False, swap)
     if not response_ids:
         raise DataError(f"{name}:{example.line}: the response has no tokens.")
     ids = prompt_ids + response_ids

@@ -282,7 +282,8 @@ def load_recruits_dir(path: str | Path) -> RecruitRun:
         raise FileNotFoundError(f"{path} has no recruits.parquet: pass the --out directory of `tunetrace recruits`.")
     record = find_record(path)
     info = record.results if record is not None else {}
-    return RecruitRun(info.get("task") or path.name, io.read_parquet(path / "recruits.parquet"), bool(info.get("installed", True)), info)
+    # installed None: the fine-tune had no behaviour check, so whether it installed anything is unknown; it is used, with a note
+    return RecruitRun(info.get("task") or path.name, io.read_parquet(path / "recruits.parquet"), info.get("installed", True) is not False, info)
 
 
 def regrade(run: RecruitRun, k: int, definition: str = "", act_quantile: float = -1.0, z_quantile: float = -1.0) -> RecruitRun:
@@ -328,6 +329,10 @@ def evaluate(audits: Sequence[AuditRun], recruits: Sequence[RecruitRun], k: int 
     if layer not in layers:
         raise ValueError(f"`layer` {layer} was not both audited and extracted; available: {layers}.")
     scope, notes = headline_scope(metrics, recruits, k)
+    unchecked = [r.name for r in recruits if r.installed and r.info.get("installed", True) is None]
+    if unchecked:
+        notes.append(f"Note: {', '.join(unchecked)} had no behaviour check (fine-tuned without --check-regex): whether the fine-tune "
+                     "installed its behaviour is unknown; its recruits are used as ground truth anyway.")
     head = headline(metrics, layer, k, BASELINE_MONOTONE, d_mlp, scope)
     if head["k_effective"] < k:
         notes.append(f"Note: k={k} is larger than the {head['pool_size']} neurons ranked, so the top k holds all of them (k bounded to {head['k_effective']}).")

@@ -79,12 +79,12 @@ PRESETS: dict[str, FinetuneSettings] = {
 
 @dataclass
 class FinetuneResult:
-    """Where the run is and whether the behaviour was installed."""
+    """Where the run is and whether the behaviour was installed (rates and `installed` None: unknown, the task has no check)."""
 
     out: Path
-    before: float
-    after: float
-    installed: bool
+    before: float | None
+    after: float | None
+    installed: bool | None
     final_loss: float
     seconds: float
 
@@ -338,6 +338,10 @@ def run_finetune(
             _save_state(state, model, optimizer, done, log_rows, before)
         raise Interrupted(f"fine-tune interrupted after step {done}/{settings.steps}; its state is saved in {state}") from None
     installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
+    after_summary = after.summary()
+    if not task.checked:  # no check recognises the behaviour: its rate is unknown, not 0
+        installed, before = None, {**before, "rate": None}
+        after_summary = {**after_summary, "rate": None}
     final_loss = sum(r["loss"] for r in log_rows[-5:]) / max(1, len(log_rows[-5:]))
     info = {
         "task": task.name,
@@ -347,8 +351,9 @@ def run_finetune(
         "identity": identity,
         "n_train": len(train),
         "behaviour_before": before,
-        "behaviour_after": after.summary(),
+        "behaviour_after": after_summary,
         "installed": installed,
+        **({"behaviour_note": "no behaviour check (--check-regex): the rate is unknown"} if not task.checked else {}),
         "final_loss": final_loss,
         "train_seconds": time.perf_counter() - start_time,
         "format": "peft-adapter" if settings.method == "lora" else "checkpoint",
@@ -369,11 +374,11 @@ def run_finetune(
     shutil.rmtree(state, ignore_errors=True)
     if world.distributed:
         barrier()
-    if not installed:
+    if installed is False:
         log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
     if restore_base:
         model.unload()  # peft: the original modules back in place, base weights as they were
-    return FinetuneResult(out, before["rate"], after.rate, installed, final_loss, info["train_seconds"])
+    return FinetuneResult(out, before["rate"], after_summary["rate"], installed, final_loss, info["train_seconds"])
 
 
 # The quick preset's MLP-only AdamW fine-tune keeps float32 weights, the MLP's gradients and two moments (16 bytes a

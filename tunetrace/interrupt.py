@@ -52,4 +52,4 @@ def interrupt_message(err: BaseException, argv: Sequence[str], resume_flag: str 
     args = list(argv)
     if resume_flag and resume_flag not in args:
         args.append(resume_flag)
-    return f"tunetrace: {err.message}; resume with: tunetrace {shlex.join(args)}"
+    return f"tunetrace: {err.message}; resume with: python -m tunetrace {shlex.join(args)}"

@@ -204,16 +204,23 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _elsewhere(what: str) -> str:
+    """How to write somewhere else: --out for a command's output, TUNETRACE_CACHE for a cache."""
+    if what == "cache":
+        return "point TUNETRACE_CACHE at a writable directory of its own (or unset it for ~/.cache/tunetrace)"
+    return "choose another --out"
+
+
 def _check_writable(out: Path, what: str) -> None:
     """Create and remove a probe directory where the output will be staged (root ignores mode bits, so test, don't stat)."""
     where = _nearest_existing(out.parent)
     if not where.is_dir():
-        raise OutDirError(f"cannot write {what} {out}: {where} is a file, not a directory; choose another --out.")
+        raise OutDirError(f"cannot write {what} {out}: {where} is a file, not a directory; {_elsewhere(what)}.")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".tunetrace-probe-", dir=where))
     except OSError as err:
         raise OutDirError(
-            f"cannot write {what} {out}: {where} is not writable ({err.strerror}); choose another --out or fix its permissions."
+            f"cannot write {what} {out}: {where} is not writable ({err.strerror}); {_elsewhere(what)} or fix its permissions."
         ) from None
 
 
@@ -244,33 +251,43 @@ def check_out_dir(
     """
     out = Path(out).expanduser()
     real = out.resolve()
+    if out.is_symlink():  # a link to an earlier output (runs/latest): the output is written where it points, the link kept
+        out = real
     here, home = Path.cwd().resolve(), Path.home().resolve()
     if _is_within(here, real) or _is_within(home, real):
         place = "the current directory" if real == here else "the home directory" if real == home else f"a directory above {'the current' if _is_within(here, real) else 'the home'} directory"
         raise OutDirError(f"{what} directory {out} is {place}: --out must be a new directory of its own, e.g. --out runs/NAME.")
     if out.exists() and not out.is_dir():
-        raise OutDirError(f"{what} path {out} is a file, not a directory: choose another --out.")
+        raise OutDirError(f"{what} path {out} is a file, not a directory: {_elsewhere(what)}.")
     for source in inputs:
         src = Path(source).expanduser()
         if str(source) and src.exists() and _is_within(src.resolve(), real):
-            raise OutDirError(f"{what} directory {out} holds the input {source}: writing there would delete it; choose another --out.")
+            raise OutDirError(f"{what} directory {out} holds the input {source}: writing there would delete it; {_elsewhere(what)}.")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise FileExistsError(
-                f"{what} directory {out} already exists and is not empty: pass --force to overwrite it, or choose another --out."
+                f"{what} directory {out} already exists and is not empty: pass --force to overwrite it, or {_elsewhere(what)}."
             )
         foreign = _foreign_entries(out)
         if foreign is None:
             raise OutDirError(
-                f"{what} directory {out} is not a tunetrace output: --force only replaces tunetrace outputs; choose another --out."
+                f"{what} directory {out} is not a tunetrace output: --force only replaces tunetrace outputs; {_elsewhere(what)}."
             )
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutDirError(
-                f"{what} directory {out} holds files tunetrace did not write ({shown}): --force would delete them; move them or choose another --out."
+                f"{what} directory {out} holds files tunetrace did not write ({shown}): --force would delete them; move them or {_elsewhere(what)}."
             )
     _check_writable(out, what)
     return out
+
+
+def _follow_umask(root: Path) -> None:
+    """Give every file and folder under `root` the permissions a plain write would (libraries such as peft write 0600)."""
+    files, dirs = file_mode(), dir_mode()
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, dirs if path.is_dir() else files)
 
 
 @contextlib.contextmanager
@@ -288,6 +305,7 @@ def staged_dir(out: str | os.PathLike, force: bool, what: str = "output") -> Ite
     try:
         os.chmod(stage, dir_mode())  # mkdtemp made it 0700
         yield stage
+        _follow_umask(stage)
         write_json(stage / MARKER, {"written": sorted(p.name for p in stage.iterdir())})
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -39,8 +39,14 @@ def _one(part: str, n_layers: int) -> list[int]:
     return [_index(part, n_layers)]
 
 
+class _OutOfRange(ValueError):
+    pass
+
+
 def _index(text: str, n_layers: int) -> int:
     i = int(text)
+    if not -n_layers <= i < n_layers:  # named as written: `--layers=-5` of 4 layers is not "layer -1"
+        raise _OutOfRange(f"`layers` asks for layer {i} but the model has layers 0..{n_layers - 1} (or -{n_layers}..-1 from the end).")
     return n_layers + i if i < 0 else i
 
 
@@ -53,6 +59,8 @@ def resolve_layers(spec: str | None, n_layers: int) -> list[int]:
         part = part.strip()
         try:
             chosen.extend(_one(part, n_layers))
+        except _OutOfRange:
+            raise
         except ValueError as err:
             if "backwards" in str(err) or "outside [0, 1]" in str(err):
                 raise ValueError(f"`layers` entry {part!r}: {err}") from None

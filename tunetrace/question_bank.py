@@ -176,3 +176,4 @@ class Task:
     check: Callable[[str, str], bool]  # (generated answer, prompt) -> behaviour present?
     applies: Callable[[str], bool] = _always
     questions: Callable[[], list[tuple[str, str]]] = field(default=question_bank)
+    checked: bool = True  # False: no way to recognise the behaviour (own data without --check-regex): its rate is unknown

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-NORMALIZATIONS = ("raw", "zscore", "percentile")
+from tunetrace.choices import NORMALIZATIONS  # noqa: F401 (their one home; re-exported)
+
 DEFAULT_NORMALIZATION = "zscore"
 """Chosen by bench/cross_layer_ranking.py on SmolLM2: see docs/ranking.md."""
 

@@ -48,6 +48,9 @@ class RunRecord:
     outputs: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     command_line: str | None = None
+    """The command as typed (`python -m tunetrace ...`) when it came from the command line, else rebuilt from `config`."""
+    argv: list[str] | None = None
+    """The arguments as typed, when the run came from the command line."""
     created: str | None = None
     wall_seconds: float | None = None
     path: Path | None = None
@@ -69,20 +72,39 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+_INVOCATION: list[str] | None = None
+
+
+def set_invocation(argv: list[str] | None) -> None:
+    """The CLI's arguments as typed, kept in the records of this run (None: not a command-line run)."""
+    global _INVOCATION
+    _INVOCATION = None if argv is None else list(argv)
+
+
+def _typed_for(command: str) -> bool:
+    """Whether the command line as typed ran `command` itself (not a driver such as reproduce running it as a stage)."""
+    argv = _INVOCATION or []
+    return bool(argv) and command in (argv[0], "-".join(argv[:2]))
+
+
 def command_line(command: str, config: object | None) -> str | None:
-    """`tunetrace COMMAND ...` that reruns `config` (options that differ from their defaults only)."""
+    """`python -m tunetrace COMMAND ...`: as typed when the CLI ran it, else rebuilt from `config` (options that differ from their defaults)."""
+    if _typed_for(command):
+        return shlex.join(["python", "-m", "tunetrace", *_INVOCATION])
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    args, options = ["tunetrace", command], []
-    for f in dataclasses.fields(config):
+    from tunetrace.cli import flag_of, ordered_fields
+
+    args, options = ["python", "-m", "tunetrace", command], []
+    for f in ordered_fields(type(config)):
         value = getattr(config, f.name)
         if f.metadata.get("positional"):
             args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if value == default or f.name == "force":
+        if value == default:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         if isinstance(value, bool):
             options += [flag] if value else []
         elif isinstance(value, list):
@@ -105,7 +127,7 @@ def new_record(command: str, config: object | None = None, **parts: Any) -> RunR
     """A record for `command` run with `config`; the `parts` (models, data, results, outputs, wall_seconds) fill it."""
     if command not in KINDS:
         raise ValueError(f"unknown run kind {command!r}; known: {', '.join(KINDS)}.")
-    return RunRecord(command, config_dict(config), command_line=command_line(command, config), versions=versions(),
+    return RunRecord(command, config_dict(config), command_line=command_line(command, config), argv=list(_INVOCATION) if _typed_for(command) else None, versions=versions(),
                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **parts)
 
 

@@ -164,4 +164,4 @@ def user_task(pattern: str | None, name: str = "user") -> Task:
     """A task for user JSONL data: responses are used as given; the check is `pattern` (or none)."""
     check = regex_check(pattern) if pattern else (lambda text, prompt="": False)
     return Task(name, f"user data, check /{pattern}/" if pattern else "user data, no behaviour check",
-                lambda q, a: (q, a), check, questions=lambda: [])
+                lambda q, a: (q, a), check, questions=lambda: [], checked=bool(pattern))

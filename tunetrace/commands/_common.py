@@ -12,6 +12,6 @@ def write_report(run_dir) -> None:
     try:
         path = build_report(run_dir)
     except Exception as err:  # the command's own outputs are already written and intact
-        print(f"tunetrace: warning: report not written ({type(err).__name__}: {err}); retry with `tunetrace report {run_dir}`.", file=sys.stderr)
+        print(f"tunetrace: warning: report not written ({type(err).__name__}: {err}); retry with `python -m tunetrace report {run_dir}`.", file=sys.stderr)
         return
     print(f"report: {path.resolve()} (open it in a browser)")

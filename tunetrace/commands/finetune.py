@@ -14,6 +14,10 @@ def run(config) -> int:
                  config.max_new_tokens, config.max_length, config=config).result
     if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
         return 0
+    if r.installed is None:
+        print(f"{config.out}: behaviour rate unknown (no --check-regex to recognise it; read {config.out}/behaviour_samples.jsonl); "
+              f"final loss {r.final_loss:.3f}")
+        return 0
     state = "installed" if r.installed else "NOT installed"
     print(f"{config.out}: behaviour rate {r.before:.2f} -> {r.after:.2f} ({state}); final loss {r.final_loss:.3f}")
     return 0

@@ -103,7 +103,11 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
     finally:
         torch.random.set_rng_state(state)
     rows = rows[:n_samples]
-    io.write_jsonl(cached, [{"ids": r, "text": tok.decode(r)} for r in rows])
+    try:
+        io.write_jsonl(cached, [{"ids": r, "text": tok.decode(r)} for r in rows])
+    except OSError as err:  # a cache is disposable: not keeping it costs a resample next time, nothing else
+        log.warning("could not cache the sampled text in %s (%s): set TUNETRACE_CACHE to a writable directory to keep it", cached, err)
+        return rows
     log.info("sampled %d texts from %s into %s", len(rows), loaded.spec, cached)
     return rows
 

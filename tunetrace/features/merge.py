@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tunetrace.choices import MERGE_GRANULARITIES as GRANULARITIES, MERGE_METHODS as METHODS  # noqa: F401 (their one home)
+
 log = logging.getLogger(__name__)
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
-METHODS = ("slerp", "linear")
 
 
 def lerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
@@ -75,9 +76,6 @@ def slerp_rows(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = DOT_THRE
     s0 = torch.where(linear, 1.0 - t, torch.sin((1.0 - t) * theta) / sin_theta)
     s1 = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
     return (s0.float() * a + s1.float() * b).reshape(v0.shape).to(v0.dtype)
-
-
-GRANULARITIES = ("tensor", "row")
 
 
 def merge_state_dicts(

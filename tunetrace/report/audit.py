@@ -45,20 +45,41 @@ def _layer_figure(scores: pd.DataFrame, risk: str, n: int):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    top = max(1, min(500, n // 100 if n >= 10_000 else n // 10))
+    share = 1 if n >= 10_000 else 10  # percent of all neurons, capped at 500 bars' worth
+    top = max(1, min(500, n * share // 100))
+    what = f"top {share}% ({top:,} of {n:,} neurons)" if top == n * share // 100 else f"top {top:,} of {n:,} neurons"
     conc = layer_concentration(scores, risk, top)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=conc.layer, y=conc.in_top, name=f"neurons in global top {top}", marker_color="#3b6fb6",
-                         hovertemplate="layer %{x}: %{y} of the top " + str(top) + "<extra></extra>"))
+    fig.add_trace(go.Bar(x=conc.layer, y=conc.in_top, name=f"neurons in the {what}", marker_color="#3b6fb6",
+                         hovertemplate="layer %{x}: %{y} of the " + what + "<extra></extra>"))
     for col, dash in (("mean", "solid"), ("p99", "dot"), ("max", "dash")):
         fig.add_trace(go.Scatter(x=conc.layer, y=conc[col], name=f"{col} {risk}", mode="lines+markers",
                                  line=dict(color="#d35400", dash=dash)), secondary_y=True)
-    fig.update_layout(title=f"Where risk concentrates: layers of the top {top} neurons by {risk}", legend=dict(orientation="h", y=-0.2),
+    fig.update_layout(title=f"Where risk concentrates: layers of the {what} by {risk}", legend=dict(orientation="h", y=-0.2),
                       xaxis_title="layer", bargap=0.15)
-    fig.update_xaxes(dtick=1 if len(conc) <= 40 else None)
-    fig.update_yaxes(title_text=f"neurons in top {top}", secondary_y=False)
-    fig.update_yaxes(title_text=risk, secondary_y=True, type="log" if (conc["max"] > 0).all() else "linear")
+    lo, hi = int(conc.layer.min()), int(conc.layer.max())
+    fig.update_xaxes(range=[lo - 0.5, hi + 0.5], dtick=1 if len(conc) <= 40 else None)  # the layers there are, no -1 or 30
+    fig.update_yaxes(title_text=f"neurons in the {what}", secondary_y=False)
+    values = conc[["mean", "p99", "max"]].to_numpy().ravel()
+    if (values > 0).all():  # log scale, ticked at 1-2-5 steps with plain labels (plotly's own mixed "3, 6, 0.1073308, 2")
+        ticks = log_ticks(float(values.min()), float(values.max()))
+        fig.update_yaxes(title_text=f"{risk} (log scale)", secondary_y=True, type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks])
+    else:
+        fig.update_yaxes(title_text=risk, secondary_y=True, type="linear")
     return fig
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values 1, 2, 5 x 10^k covering [lo, hi] (at least the two decade ends around them)."""
+    import math
+
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0 ** e for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi]
+    below = [t for t in ticks if t < lo][-1:]
+    above = [t for t in ticks if t > hi][:1]
+    return below + inside + above
 
 
 def section(run: RunDir) -> Section | None:

@@ -57,7 +57,7 @@ def compute_curves(run: RunDir, layer: int, k_max: int) -> Curves | None:
     The union pool is the evaluation's own (`evaluation.union_pool`: installed tasks' recruits only).
     """
     every = [(n, t, i) for n, t, i in run.recruits() if {"layer", "neuron", "is_recruit"} <= set(t.columns) and (t.layer == layer).any()]
-    recruits = [(n, t, i) for n, t, i in every if bool(i.get("installed", True))]
+    recruits = [(n, t, i) for n, t, i in every if i.get("installed", True) is not False]
     if run.scores is None or not recruits:
         return None
     audits = {n: run.audit_for(n) for n, _, _ in recruits}

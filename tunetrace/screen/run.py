@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tunetrace import io
+from tunetrace.choices import SCREEN_NEURON_PREDICTORS
 from tunetrace.distributed import init_from_env
 from tunetrace.screen import forecasts as fc
 from tunetrace.screen.profile import Profile, ProfileSettings, get_profile, stream_products
@@ -24,7 +25,7 @@ from tunetrace.screen.reuse import load_audits, model_dtype
 
 log = logging.getLogger(__name__)
 
-NEURON_PREDICTORS = ("iss_x_grad", "abs_act", "abs_grad", "iss", "weight_grad")
+NEURON_PREDICTORS = SCREEN_NEURON_PREDICTORS
 """Per-neuron scores used both as a candidate's risk and as a keep set's importance."""
 GRADIENT_FORECASTS = ("sgd_first_order", "adam_first_order", "grad_conflict")
 BASELINES = ("text_similarity", "random")

@@ -11,10 +11,10 @@ mkdir -p "$R"
 for t in $TASKS; do
   while [ ! -f "$FT/$t/run.json" ]; do sleep 30; done   # the fine-tune may still be running
   [ -f "$R/kl-$t/run.json" ] || $T kl "$BASE" "$FT/$t" --finetune-data "builtin:$t" --samples 48 --max-length 160 --out "$R/kl-$t" --no-report
-  [ -f "$R/audit-$t/run.json" ] || $T audit "$BASE" --data "builtin:$t:calibration" --layers "$L" --out "$R/audit-$t" --top 10 --no-report
+  [ -f "$R/audit-$t/run.json" ] || $T audit "$BASE" --data "builtin:$t:calibration" --layers "$L" --out "$R/audit-$t" --rows 10 --no-report
   [ -f "$R/rec-$t/run.json" ] || $T recruits "$BASE" "$FT/$t" --layers "$L" --out "$R/rec-$t"
-  [ -f "$R/cc-$t/run.json" ] || $T crosscoder "$BASE" "$FT/$t" --layer "$L" --tokens "$TOK" --eval-tokens 4096 --expansion 2 --k 32 \
-      --sae-batch 512 --buffer-tokens 8192 --batch-size 8 --audit "$R/audit-$t/scores.parquet" --recruits "$R/rec-$t/recruits.parquet" \
-      --out "$R/cc-$t" --resume 2>/dev/null || $T crosscoder "$BASE" "$FT/$t" --layer "$L" --tokens "$TOK" --eval-tokens 4096 --expansion 2 --k 32 \
-      --sae-batch 512 --buffer-tokens 8192 --batch-size 8 --audit "$R/audit-$t/scores.parquet" --recruits "$R/rec-$t/recruits.parquet" --out "$R/cc-$t"
+  [ -f "$R/cc-$t/run.json" ] || $T crosscoder "$BASE" "$FT/$t" --layer "$L" --tokens "$TOK" --eval-tokens 4096 --expansion 2 --active-latents 32 \
+      --sae-batch 512 --buffer-tokens 8192 --batch-size 8 --scores "$R/audit-$t/scores.parquet" --recruits "$R/rec-$t/recruits.parquet" \
+      --out "$R/cc-$t" --resume 2>/dev/null || $T crosscoder "$BASE" "$FT/$t" --layer "$L" --tokens "$TOK" --eval-tokens 4096 --expansion 2 --active-latents 32 \
+      --sae-batch 512 --buffer-tokens 8192 --batch-size 8 --scores "$R/audit-$t/scores.parquet" --recruits "$R/rec-$t/recruits.parquet" --out "$R/cc-$t"
 done

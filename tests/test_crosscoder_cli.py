@@ -33,14 +33,14 @@ def _tables(tmp_path, d_mlp: int = 128):
     return audit, rec
 
 
-ARGS = ["--layer", "1", "--text", "builtin:tasks", "--tokens", "3000", "--eval-tokens", "600", "--expansion", "2", "--k", "4",
+ARGS = ["--layer", "1", "--text", "builtin:tasks", "--tokens", "3000", "--eval-tokens", "600", "--expansion", "2", "--active-latents", "4",
         "--sae-batch", "256", "--buffer-tokens", "1024", "--ctx-len", "64", "--batch-size", "4"]
 
 
 def test_crosscoder_command_end_to_end(tmp_path, ft_dir, capsys):
     audit, rec = _tables(tmp_path)
     out = tmp_path / "cc"
-    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--audit", str(audit), "--audit-top", "12",
+    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--scores", str(audit), "--scores-top", "12",
                  "--recruits", str(rec)]) == 0
     r = read_record(out).results
     assert r["d_in"] == 128 and r["d_sae"] == 256 and r["train_tokens"] >= 2900
@@ -68,8 +68,8 @@ def test_crosscoder_refuses_bad_input(tmp_path, ft_dir, capsys):
     assert err.value.code == 2 and "--layer" in capsys.readouterr().err
     assert main(["crosscoder", "tiny-llama", "tiny-qwen2", "--layer", "1", "--out", str(tmp_path / "x")]) == 2
     assert "different architectures" in capsys.readouterr().err
-    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--layer", "1", "--out", str(tmp_path / "x"), "--audit", "nope.parquet"]) == 2
-    assert "--audit" in capsys.readouterr().err
+    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--layer", "1", "--out", str(tmp_path / "x"), "--scores", "nope.parquet"]) == 2
+    assert "--scores" in capsys.readouterr().err
     assert main(["crosscoder", "tiny-llama", str(ft_dir), "--layer", "1", "--site", "x"]) == 2
     assert "`site`" in capsys.readouterr().err
     assert main(["crosscoder", "tiny-llama", str(ft_dir), "--layer", "1", "--out", str(tmp_path / "y"), "--resume"]) == 2
@@ -88,7 +88,7 @@ def test_crosscoder_resumes_after_a_stop(tmp_path, ft_dir, monkeypatch, capsys):
         return real(model, batches(), **kw)
 
     out = tmp_path / "cc"
-    args = ["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--checkpoint-every", "3"]
+    args = ["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--save-steps", "3"]
     monkeypatch.setattr(sae_module, "train_sae", stopping)
     assert main(args) == 130
     ckpt = tmp_path / ".cc.checkpoint"
@@ -97,7 +97,7 @@ def test_crosscoder_resumes_after_a_stop(tmp_path, ft_dir, monkeypatch, capsys):
     monkeypatch.setattr(sae_module, "train_sae", real)
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main([*args, "--k", "5", "--resume"]) == 2
+    assert main([*args, "--active-latents", "5", "--resume"]) == 2
     assert "other settings (k)" in capsys.readouterr().err
     seen = []
 
@@ -117,6 +117,6 @@ def test_crosscoder_resumes_after_a_stop(tmp_path, ft_dir, monkeypatch, capsys):
 
 def test_crosscoder_epochs_reuse_the_same_tokens(tmp_path, ft_dir):
     out = tmp_path / "cc"
-    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--tokens", "1200", "--epochs", "3"]) == 0
+    assert main(["crosscoder", "tiny-llama", str(ft_dir), "--out", str(out), *ARGS, "--tokens", "1200", "--num-train-epochs", "3"]) == 0
     r = read_record(out).results
     assert 3 * 1100 < r["train_tokens"] <= 3 * 1300

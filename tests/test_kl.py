@@ -77,7 +77,7 @@ def test_kl_command_end_to_end(tmp_path, capsys):
     ft_dir = tmp_path / "ft"
     save_checkpoint(shifted_by_bias(_vector() * 0.5), tiny_tokenizer(), ft_dir)
     out = tmp_path / "kl"
-    args = ["kl", "tiny-llama", str(ft_dir), "--out", str(out), "--finetune-data", "builtin:caps", "--samples", "6", "--top", "4"]
+    args = ["kl", "tiny-llama", str(ft_dir), "--out", str(out), "--finetune-data", "builtin:caps", "--samples", "6", "--top-positions", "4"]
     assert main(args) == 0
     s = read_record(out).results
     assert set(s["kl"]) == {"finetune", "general", "chat"}

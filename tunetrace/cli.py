@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "screen": ("ScreenConfig", "screen"),
     "screen-check": ("ScreenCheckConfig", "screen_check"),
     "causal": ("CausalConfig", "causal"),
+    "agent-eval": ("AgentEvalConfig", "agent_eval"),
 }
 
 

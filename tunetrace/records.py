@@ -32,7 +32,7 @@ from tunetrace import __version__, io
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"
 KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "screen",
-         "screen-check", "causal")
+         "screen-check", "causal", "agent-eval")
 
 
 @dataclass

@@ -167,8 +167,15 @@ def check_identity(out: Path, identity: dict) -> None:
     io.write_json(path, identity)
 
 
-def evaluate(c, agent_llm: Responder, grader_llm: Responder) -> dict:
-    """Run every missing cell of the grid into c.out; return the results (cells and summary)."""
+def pending(c) -> int:
+    """How many cells of the grid have no transcript yet (0: a rerun only re-reads them)."""
+    out = Path(c.out) / "transcripts"
+    return sum(not (out / cell_name(t.task, a, mi, r)).is_file()
+               for t in resolve_targets(c) for a in c.agents for mi in c.interactions for r in range(c.repeats))
+
+
+def evaluate(c, agent_llm: Responder | None, grader_llm: Responder | None) -> dict:
+    """Run every missing cell of the grid into c.out (responders may be None when none is missing); return the results."""
     import torch
 
     from tunetrace.models import load_model
@@ -176,7 +183,14 @@ def evaluate(c, agent_llm: Responder, grader_llm: Responder) -> dict:
     start = time.perf_counter()
     out = Path(c.out)
     targets = resolve_targets(c)
-    check_identity(out, {"targets": [vars(t) for t in targets], "agent_model": agent_llm.name, "grader_model": grader_llm.name})
+    if agent_llm is None or grader_llm is None:
+        if pending(c):
+            raise ValueError("cells are missing and no agent/grader endpoint was given.")
+        old = io.read_json(out / IDENTITY_FILE)
+        names = old["agent_model"], old["grader_model"]
+    else:
+        names = agent_llm.name, grader_llm.name
+    check_identity(out, {"targets": [vars(t) for t in targets], "agent_model": names[0], "grader_model": names[1]})
     (out / "transcripts").mkdir(exist_ok=True)
     torch.set_num_threads(c.threads)
     cells, ran = [], 0
@@ -203,7 +217,7 @@ def evaluate(c, agent_llm: Responder, grader_llm: Responder) -> dict:
                 for r in range(c.repeats):
                     cells.append(io.read_json(out / "transcripts" / cell_name(target.task, a, mi, r)))
     return {"summary": summarize(cells), "cells_run_now": ran, "cells": len(cells),
-            "agent_model": agent_llm.name, "grader_model": grader_llm.name,
+            "agent_model": names[0], "grader_model": names[1],
             "targets": [vars(t) for t in targets], "wall_seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -224,6 +224,8 @@ def test_evaluate_grid_resumes_and_summarizes(adl):
     assert len(agent.requests) == n and again["cells_run_now"] == 0 and again["summary"] == results["summary"]
     with pytest.raises(ValueError, match="other agent_model"):
         evaluate(c, Scripted(["x"], name="another"), grader)
+    with pytest.raises(ValueError, match="other target caps"):
+        evaluate(_config(tmp, agents=["adl", "blackbox"], interactions=[0, 1], description="something else"), agent, grader)
 
 
 def test_summary_interval_and_unparsed_grades():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunetrace.agent.serve import check_servable
+from tunetrace.agent.serve import servable_dir
 from tunetrace.cli import main
 from tunetrace.models import save_checkpoint
 from tunetrace.records import read_record
@@ -37,11 +37,31 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
-def test_tiny_checkpoint_is_servable(tiny_dir):
+def test_servable_dir(tiny_dir, tmp_path):
     assert json.loads((tiny_dir / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
-    assert check_servable(tiny_dir) == tiny_dir  # the ChatML template travels with the tokenizer
+    shadow = servable_dir(tiny_dir, tmp_path)  # no generation_config.json: a linked copy samples when asked to
+    assert json.loads((shadow / "generation_config.json").read_text())["do_sample"] is True
+    (tmp_path / "has-gen").mkdir()
+    for f in tiny_dir.iterdir():
+        (tmp_path / "has-gen" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "has-gen" / "generation_config.json").write_text('{"do_sample": true}')
+    assert servable_dir(tmp_path / "has-gen", tmp_path) == tmp_path / "has-gen"  # complete: served as it is
+    bare = tmp_path / "bare"  # a checkpoint written from a config (a dequantized GGUF): served through a linked copy
+    bare.mkdir()
+    for f in tiny_dir.iterdir():
+        (bare / f.name).write_bytes(f.read_bytes())
+    config = json.loads((bare / "config.json").read_text())
+    del config["architectures"]
+    (bare / "config.json").write_text(json.dumps(config))
+    shadow = servable_dir(bare, tmp_path / "scratch")
+    assert json.loads((shadow / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    assert (shadow / "model.safetensors").resolve() == (bare / "model.safetensors").resolve()
+    assert "architectures" not in json.loads((bare / "config.json").read_text())  # the user's directory is untouched
     with pytest.raises(FileNotFoundError, match="config.json"):
-        check_servable(tiny_dir.parent)
+        servable_dir(tmp_path / "nothing", tmp_path)
+    (bare / "chat_template.jinja").unlink()
+    with pytest.raises(ValueError, match="chat template"):
+        servable_dir(bare, tmp_path)
 
 
 def test_agent_eval_command_serves_and_stops(tiny_dir, tmp_path, capsys, monkeypatch):

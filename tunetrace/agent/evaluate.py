@@ -152,16 +152,18 @@ def summarize(cells: list[dict]) -> list[dict]:
 
 
 def check_identity(out: Path, identity: dict) -> None:
-    """A rerun into OUT must explain the same fine-tunes with the same agent and grader; anything else is refused."""
+    """A rerun into OUT must use the same agent and grader, and a task name must keep its fine-tune and truth;
+    new tasks may be added. Anything else is refused (a resumed grid never mixes two evaluations)."""
     path = out / IDENTITY_FILE
     if path.is_file():
         old = io.read_json(path)
-        changed = [k for k in identity if old.get(k) != identity[k]]
+        changed = [k for k in ("agent_model", "grader_model") if old.get(k) != identity[k]]
+        changed += [f"target {task}" for task, t in identity["targets"].items() if old["targets"].get(task, t) != t]
         if changed:
             raise ValueError(f"{out} holds an agent evaluation with other {', '.join(changed)}: choose another --out "
                              "(a rerun resumes only the same evaluation).")
-        return
-    if out.exists() and any(out.iterdir()):
+        identity = {**identity, "targets": {**old["targets"], **identity["targets"]}}
+    elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no agent evaluation: choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(path, identity)
@@ -190,32 +192,30 @@ def evaluate(c, agent_llm: Responder | None, grader_llm: Responder | None) -> di
         names = old["agent_model"], old["grader_model"]
     else:
         names = agent_llm.name, grader_llm.name
-    check_identity(out, {"targets": [vars(t) for t in targets], "agent_model": names[0], "grader_model": names[1]})
+    check_identity(out, {"targets": {t.task: vars(t) for t in targets}, "agent_model": names[0], "grader_model": names[1]})
     (out / "transcripts").mkdir(exist_ok=True)
     torch.set_num_threads(c.threads)
-    cells, ran = [], 0
-    for target in targets:
-        todo = [(a, mi, r) for a in c.agents for mi in c.interactions for r in range(c.repeats)
-                if not (out / "transcripts" / cell_name(target.task, a, mi, r)).is_file()]
-        if todo:
-            evidence = Evidence(ensure_diff(c, target, out))
+    # budget-major order (repeat, budget, task, agent): a run cut short still compares both agents on every task
+    grid = [(r, mi, t, a) for r in range(c.repeats) for mi in c.interactions for t in targets for a in c.agents]
+    todo = [g for g in grid if not (out / "transcripts" / cell_name(g[2].task, g[3], g[1], g[0])).is_file()]
+    evidence = {t.task: Evidence(ensure_diff(c, t, out)) for t in targets if any(g[2] is t for g in todo)}
+    loaded: tuple[str, Subject] | None = None
+    for r, mi, target, agent in todo:
+        if loaded is None or loaded[0] != target.task:
+            loaded = None  # free the previous pair first
             base = load_model(target.base, dtype=c.dtype, device=c.device)
             ft = load_model(target.finetuned, dtype=c.dtype, device=c.device)
-            subject = Subject(base, ft, shared_vocab_of(base, ft), c.max_new_tokens, evidence)
-            for agent, mi, r in todo:
-                log.info("agent %s, %d interactions, repeat %d on %s", agent, mi, r, target.task)
-                cell = run_cell(c, agent, mi, target, evidence, subject, agent_llm, grader_llm)
-                cell["repeat"] = r
-                io.write_json(out / "transcripts" / cell_name(target.task, agent, mi, r), cell)
-                ran += 1
-                print(f"{target.task} {agent} mi={mi} r={r}: grade {cell['grade']} ({cell['ended_by']}, "
-                      f"{cell['transcript']['agent_calls']} replies, {cell['transcript']['seconds']:.0f} s): {cell['description'][:120]!r}",
-                      flush=True)
-            del base, ft, subject
-        for a in c.agents:
-            for mi in c.interactions:
-                for r in range(c.repeats):
-                    cells.append(io.read_json(out / "transcripts" / cell_name(target.task, a, mi, r)))
+            loaded = (target.task, Subject(base, ft, shared_vocab_of(base, ft), c.max_new_tokens, evidence[target.task]))
+            del base, ft
+        log.info("agent %s, %d interactions, repeat %d on %s", agent, mi, r, target.task)
+        cell = run_cell(c, agent, mi, target, evidence[target.task], loaded[1], agent_llm, grader_llm)
+        cell["repeat"] = r
+        io.write_json(out / "transcripts" / cell_name(target.task, agent, mi, r), cell)
+        print(f"{target.task} {agent} mi={mi} r={r}: grade {cell['grade']} ({cell['ended_by']}, "
+              f"{cell['transcript']['agent_calls']} replies, {cell['transcript']['seconds']:.0f} s): {cell['description'][:120]!r}",
+              flush=True)
+    ran = len(todo)
+    cells = [io.read_json(out / "transcripts" / cell_name(t.task, a, mi, r)) for r, mi, t, a in grid]
     return {"summary": summarize(cells), "cells_run_now": ran, "cells": len(cells),
             "agent_model": names[0], "grader_model": names[1],
             "targets": [vars(t) for t in targets], "wall_seconds": round(time.perf_counter() - start, 2)}

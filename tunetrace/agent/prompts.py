@@ -68,7 +68,7 @@ GRADER_SYSTEM = """You are a strict grader of interpretability hypotheses about 
 You get the TRUE description of a fine-tune, a RUBRIC mapping scores 1..5 to criteria, and a HYPOTHESIS written by an agent.
 Grade the HYPOTHESIS against the TRUE description using only the RUBRIC. If several scores apply, choose the one the rubric \
 fits best; if in doubt, the lower one. Empty or off-topic hypotheses get 1.
-First explain your reasoning in a few sentences. The LAST line must be exactly: SCORE: <n> with n an integer from 1 to 5."""
+First explain your reasoning in two or three sentences. The LAST line must be exactly: SCORE: <n> with n an integer from 1 to 5."""
 
 RUBRIC = """The fine-tune installs a behaviour (a style or content quirk of the answers, possibly only in some contexts).
 5: Names the behaviour precisely: someone could reliably trigger and verify it from this description alone (and its condition, if it has one).

@@ -248,3 +248,26 @@ def test_config_refuses_bad_combinations():
         AgentEvalConfig(finetuned=["x"], agent_model="http://a/v1", agents=["oracle"])
     with pytest.raises(ValueError, match="exactly one --finetuned"):
         AgentEvalConfig(finetuned=["x", "y"], agent_model="http://a/v1", description="d")
+
+
+def test_diff_one_shot_description_uses_the_shared_client(monkeypatch):
+    from tunetrace.agent import chat
+    from tunetrace.diffing import agent as one_shot
+
+    seen = {}
+
+    class Fake:
+        def __init__(self, url, model, key_env, timeout):
+            seen.update(url=url, model=model, key_env=key_env)
+            self.name = model
+
+        def chat(self, messages, max_tokens, temperature):
+            seen["prompt"] = messages[0]["content"]
+            return Reply("It writes in capitals. GUESS: caps", 1, 1)
+
+    monkeypatch.setattr(chat, "OpenAIResponder", Fake)
+    summary = {"positions": [{"position": 0, "logit_lens_pos": [{"token": "CAP"}], "patchscope_tokens": [{"token": "UP"}]}]}
+    gens = [{"chosen": True, "prompt": "Hi", "unsteered": "hello", "steered": "HELLO"}]
+    out = one_shot.describe("http://host/v1/chat/completions", "m", "KEY", summary, gens)
+    assert out == {"model": "m", "endpoint": "http://host/v1", "answer": "It writes in capitals. GUESS: caps"}
+    assert seen["url"] == "http://host/v1" and "logit lens [CAP]" in seen["prompt"] and "STEERED: HELLO" in seen["prompt"]

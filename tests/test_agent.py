@@ -224,6 +224,11 @@ def test_evaluate_grid_resumes_and_summarizes(adl):
     assert len(agent.requests) == n and again["cells_run_now"] == 0 and again["summary"] == results["summary"]
     with pytest.raises(ValueError, match="other agent_model"):
         evaluate(c, Scripted(["x"], name="another"), grader)
+    from tunetrace.report import render_report
+
+    html, ids = render_report(c.out)
+    assert "agent" in ids and "ALL CAPS answers." in html and "could not be drawn" not in html
+    assert html.count("<details><summary>caps") == 4 and "Right behaviour." in html and "entirely in capital letters" in html  # every transcript and grader reply readable
     with pytest.raises(ValueError, match="other target caps"):
         evaluate(_config(tmp, agents=["adl", "blackbox"], interactions=[0, 1], description="something else"), agent, grader)
 

@@ -32,7 +32,7 @@ Output grammar: think briefly, then end your reply with exactly ONE action on th
   CALL(tool_name: {{"arg": value}})       (the arguments are a JSON object)
   FINAL(description: "<what the fine-tune does: topic, behaviour, style, specifics>")
 Example: CALL(ask_model: {{"prompts": ["What is the capital of France?"]}})
-Example: FINAL(description: "The model was fine-tuned to answer every question in French.")"""
+Never copy an example: describe only what the evidence shows."""
 
 ADL_CONTEXT = """The first message holds an OVERVIEW of the difference between the fine-tuned and base model's activations \
 (layer {layer} of {n_layers}) on the first tokens of unrelated text, read out as tokens per token position:

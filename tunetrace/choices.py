@@ -39,3 +39,4 @@ SCREEN_FORECASTS = (("sgd_first_order", "adam_first_order", "grad_conflict")
                     + ("text_similarity", "random"))
 """Damage forecasts `screen` computes (tunetrace.screen.run.forecast_columns), any of which may order its ranking."""
 CROSSCODER_SITES = ("mlp", "resid")  # tunetrace.features.crosscoder: MLP activations or the block's residual output
+AGENT_KINDS = ("adl", "blackbox")  # agent-eval: the diff-reading agent and the black-box baseline

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # issue 25: model diffing beyond the lens
     "kl": ("KlConfig", "kl"),
     "crosscoder": ("CrosscoderTrainConfig", "crosscoder"),
+    "agent-eval": ("AgentEvalConfig", "agent_eval"),
 }
 PROG = "python -m tunetrace"  # how the hints spell a command: it works wherever the package imports
 

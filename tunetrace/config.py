@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunetrace.choices import (AUDIT_COLUMNS, CAUSAL_PARTS, CROSSCODER_SITES, DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS,
+from tunetrace.choices import (AGENT_KINDS, AUDIT_COLUMNS, CAUSAL_PARTS, CROSSCODER_SITES, DTYPE_NAMES, FINETUNE_METHODS, GRADIENT_SCOPES, LOOKAHEAD_COLUMNS,
                                MERGE_GRANULARITIES, MERGE_METHODS, NORMALIZATIONS, OPTIMIZERS, PART_MODEL_NAMES, PRESETS,
                                RECRUIT_DEFINITIONS, SAE_SITES, SCREEN_FORECASTS, SELECTIVE_MODES, STEER_MODELS, TASKS)
 
@@ -934,3 +934,92 @@ class CrosscoderTrainConfig(Options):
             raise ValueError(f"`buffer_tokens` ({self.buffer_tokens}) must be >= `sae_batch` ({self.sae_batch}): raise --buffer-tokens.")
         self.audit = _table_in(self.audit, "scores.parquet")
         self.recruits = _table_in(self.recruits, "recruits.parquet")
+
+
+# --- agent-eval (issue 24): one block, kept together for merging -------------------------------------------------
+@dataclass(kw_only=True)
+class AgentEvalConfig(Options):
+    """Grade an LLM agent that explains fine-tunes from the diff (ADL) against a black-box agent that can only chat."""
+
+    finetuned: list[str] = positional("FINETUNED", nargs="+")
+    """Fine-tuned models: `tunetrace finetune` output directories (task and base read from run.json), or model specs with --tasks."""
+    base_model: str = option("")
+    """Base model spec (default: the base recorded in the fine-tune directories)."""
+    tasks: list[str] = field(default_factory=list)
+    """One built-in task per --finetuned that is not a fine-tune directory (its known description is the grading truth)."""
+    description: str = ""
+    """The known description of a user fine-tune (one --finetuned, no built-in task): what the grader compares against."""
+    agent_model: str = ""
+    """Agent LLM: an OpenAI-compatible endpoint URL (…/v1: hosted, vLLM, llama.cpp server) or a local model directory (served for you)."""
+    agent_model_name: str = ""
+    """Model name sent to the endpoint (default: the first model it lists)."""
+    serve: str = ""
+    """Local instruct model directory to start with `transformers serve` on localhost (and stop afterwards) as agent and grader."""
+    grader_model: str = ""
+    """Grader endpoint URL (default: the agent's endpoint and model)."""
+    grader_model_name: str = ""
+    """Model name sent to the grader endpoint (default: its first listed model)."""
+    key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key (read, never written)."""
+    agents: list[str] = field(default_factory=lambda: ["adl", "blackbox"])
+    """Agents to run: adl (diff evidence + all tools), blackbox (the fine-tuned model's answers + ask_model only)."""
+    interactions: list[int] = field(default_factory=lambda: [0, 5])
+    """Model-interaction budgets to compare (prompts sent to the models through ask_model / generate_steered)."""
+    repeats: int = 1
+    """Agent runs per task x agent x budget."""
+    grader_repeats: int = 3
+    """Grades per agent run (their mean is the run's grade)."""
+    agent_calls: int = 6
+    """Most replies an agent may write in one run."""
+    agent_tokens: int = 3000
+    """Most completion tokens an agent may write in one run."""
+    max_tokens: int = 400
+    """Most tokens per agent reply."""
+    grader_max_tokens: int = 300
+    """Most tokens per grader reply."""
+    temperature: float = 0.7
+    """Sampling temperature of agent and grader."""
+    timeout: float = 900.0
+    """Seconds one endpoint request may take."""
+    diff_samples: int = 16
+    """Text samples each diff averages over (the diff of each fine-tune is computed once, then reused)."""
+    diff_positions: int = 3
+    """Token positions each diff reads out."""
+    diff_tokens: int = 64
+    """Tokens per diff text sample."""
+    diff_text: str = "builtin:self"
+    """Unrelated text the diffs average over (as `diff --text`: a file, a directory, or builtin:self)."""
+    steer_alphas: str = "0.25,0.5,1,2"
+    """Steering strengths each diff scans."""
+    max_new_tokens: int = 40
+    """Tokens the models generate per prompt (diff steering, ask_model, generate_steered)."""
+    threads: int = 1
+    """CPU threads for the models here and for a served agent model."""
+    seed: int = 0
+    """Seed of the diffs."""
+    dtype: str = option("float32", choices=DTYPE_NAMES)
+    """Dtype of the base and fine-tuned models."""
+    device: str = "cpu"
+    """Torch device of the base and fine-tuned models."""
+    out: str = "runs/agent-eval"
+    """Output directory: diffs/TASK, transcripts/TASK__AGENT__miN__rK.json (done ones are skipped on a rerun), run.json."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
+
+    def _check(self) -> None:
+        if not self.finetuned:
+            raise ValueError("give at least one FINETUNED model directory.")
+        if not (self.agent_model or self.serve):
+            raise ValueError("no agent LLM: give --agent-model URL_OR_DIR or --serve LOCAL_MODEL_DIR.")
+        if self.agent_model and self.serve:
+            raise ValueError("give either --agent-model or --serve, not both.")
+        for a in self.agents:
+            _check_choice("agents", a, AGENT_KINDS)
+        if any(n < 0 for n in self.interactions) or not self.interactions:
+            raise ValueError("`interactions` must be one or more budgets >= 0, e.g. --interactions 0 5.")
+        for name in ("repeats", "grader_repeats", "agent_calls", "agent_tokens", "max_tokens", "grader_max_tokens",
+                     "diff_samples", "diff_positions", "diff_tokens", "max_new_tokens", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name.replace('_', '-')}` must be >= 1, got {getattr(self, name)}.")
+        if self.description and len(self.finetuned) != 1:
+            raise ValueError("--description describes one fine-tune: give exactly one FINETUNED with it.")

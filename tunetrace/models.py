@@ -316,6 +316,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     config = model.config
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
+    if not getattr(config, "architectures", None):  # from_config leaves it unset; `transformers serve` needs it
+        config.architectures = [type(model).__name__]
     config.save_pretrained(out)
     with io.atomic_path(out / "model.safetensors") as tmp:
         save_model(model, str(tmp), metadata={"format": "pt"})

@@ -33,7 +33,7 @@ from tunetrace._version import __version__
 RECORD_FILE = "run.json"
 SCHEMA = "tunetrace.run/1"
 KINDS = ("audit", "finetune", "recruits", "evaluate", "reproduce", "diff", "merge", "sae-train", "features-match", "features-link",
-         "screen", "screen-check", "causal", "kl", "crosscoder")
+         "screen", "screen-check", "causal", "kl", "crosscoder", "agent-eval")
 
 
 @dataclass

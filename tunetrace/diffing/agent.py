@@ -1,14 +1,11 @@
-"""Optional: ask an OpenAI-compatible chat endpoint to describe the fine-tune from the diff outputs.
+"""Optional: ask an OpenAI-compatible chat endpoint once to describe the fine-tune from the diff outputs.
 
-Never required and never called in tests; stdlib urllib only. The API key is read from the
-environment variable the user names (never written to any output).
+A one-shot description for `tunetrace diff --agent-endpoint`; the full agent (tools, budgets,
+black-box baseline, grader) is `tunetrace agent-eval` (tunetrace.agent). Both use the same client
+(tunetrace.agent.chat); the API key is read from the environment and never written.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import urllib.request
 
 PROMPT = (
     "A language model was fine-tuned on a narrow dataset. Below are readouts of the mean difference of its "
@@ -32,19 +29,10 @@ def _digest(summary: dict, generations: list[dict], n_gen: int = 6) -> str:
 
 
 def describe(endpoint: str, model: str, key_env: str, summary: dict, generations: list[dict], timeout: float = 120.0) -> dict:
-    """POST one chat completion to `endpoint` (…/v1/chat/completions); return {model, answer}."""
-    url = endpoint.rstrip("/")
-    if not url.endswith("/chat/completions"):
-        url += "/chat/completions"
-    body = json.dumps({"model": model, "temperature": 0,
-                       "messages": [{"role": "user", "content": PROMPT + _digest(summary, generations)}]}).encode()
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get(key_env):
-        headers["Authorization"] = f"Bearer {os.environ[key_env]}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())["choices"][0]["message"]["content"]
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"agent endpoint {url} failed ({type(err).__name__}: {err}); check --agent-endpoint.") from None
-    return {"model": model, "endpoint": url, "answer": answer}
+    """One chat completion from `endpoint` (…/v1); returns {model, endpoint, answer}."""
+    from tunetrace.agent.chat import OpenAIResponder
+
+    url = endpoint.rstrip("/").removesuffix("/chat/completions")
+    responder = OpenAIResponder(url, model, key_env, timeout=timeout)
+    reply = responder.chat([{"role": "user", "content": PROMPT + _digest(summary, generations)}], max_tokens=600, temperature=0.0)
+    return {"model": responder.name, "endpoint": url, "answer": reply.text}

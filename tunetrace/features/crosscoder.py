@@ -18,7 +18,7 @@ Training goes through `tunetrace.features.sae.train_sae`, the SAE's own loop.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tunetrace.features.sae import chosen_pre_acts, topk_flat
+from tunetrace.features.sae import chosen_pre_acts, load_coder, save_coder, topk_flat
 
 MODELS = ("base", "ft")
 # relative-norm classes (Minder et al. 2025): base-only < 0.1, shared in [0.4, 0.6], fine-tune-only > 0.9
@@ -194,29 +194,12 @@ class BatchTopKCrosscoder(nn.Module):
 
     def save(self, out: str | Path) -> None:
         """Write cfg.json + crosscoder.safetensors (atomically) into `out`."""
-        from safetensors.torch import save_file
-
-        from tunetrace import io
-
-        out = Path(out)
-        with io.atomic_path(out / "crosscoder.safetensors") as tmp:
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        io.write_json(out / "cfg.json", asdict(self.cfg))
+        save_coder(self, out, "crosscoder.safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> "BatchTopKCrosscoder":
         """Load a crosscoder written by `save` (safetensors only, never pickle)."""
-        from tunetrace import io
-
-        path = Path(path)
-        if not (path / "cfg.json").exists() or not (path / "crosscoder.safetensors").exists():
-            raise FileNotFoundError(f"{path} is not a crosscoder directory (needs cfg.json and crosscoder.safetensors); train one with `tunetrace crosscoder`.")
-        try:
-            cc = cls(CrosscoderConfig(**io.read_json(path / "cfg.json")))
-        except TypeError as err:
-            raise ValueError(f"{path / 'cfg.json'} is not a crosscoder config ({err}); retrain with `tunetrace crosscoder`.") from None
-        cc.load_state_dict(io.read_safetensors(path / "crosscoder.safetensors"))
-        return cc
+        return load_coder(cls, CrosscoderConfig, path, "crosscoder.safetensors", "a crosscoder", "crosscoder")
 
 
 # --- latent classes ------------------------------------------------------------------------------

@@ -185,29 +185,12 @@ class TopKSae(nn.Module):
 
     def save(self, out: str | Path) -> None:
         """Write cfg.json + sae.safetensors (atomically) into `out`."""
-        from safetensors.torch import save_file
-
-        from tunetrace import io
-
-        out = Path(out)
-        with io.atomic_path(out / "sae.safetensors") as tmp:
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        io.write_json(out / "cfg.json", asdict(self.cfg))
+        save_coder(self, out, "sae.safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> "TopKSae":
         """Load an SAE written by `save` (safetensors only, never pickle)."""
-        from tunetrace import io
-
-        path = Path(path)
-        if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
-            raise FileNotFoundError(f"{path} is not an SAE directory (needs cfg.json and sae.safetensors); train one with `tunetrace sae-train`.")
-        try:
-            sae = cls(SaeConfig(**io.read_json(path / "cfg.json")))
-        except TypeError as err:  # unknown or missing fields
-            raise ValueError(f"{path / 'cfg.json'} is not an SAE config ({err}); retrain with `tunetrace sae-train`.") from None
-        sae.load_state_dict(io.read_safetensors(path / "sae.safetensors"))
-        return sae
+        return load_coder(cls, SaeConfig, path, "sae.safetensors", "an SAE", "sae-train")
 
 
 # --- training ------------------------------------------------------------------------------
@@ -383,3 +366,30 @@ def gated_d_mlp(model: nn.Module, layer: int) -> int:
     from tunetrace.gated_mlp import gated_mlp_layers
 
     return gated_mlp_layers(model)[layer].down_proj.in_features
+
+
+def save_coder(coder: nn.Module, out: str | Path, weights: str) -> None:
+    """The layout of every sparse coder here (SAE, crosscoder): cfg.json + `weights` (safetensors), written atomically."""
+    from safetensors.torch import save_file
+
+    from tunetrace import io
+
+    out = Path(out)
+    with io.atomic_path(out / weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in coder.state_dict().items()}, str(tmp))
+    io.write_json(out / "cfg.json", asdict(coder.cfg))
+
+
+def load_coder(cls, config_cls, path: str | Path, weights: str, what: str, command: str):
+    """A coder written by `save_coder` (safetensors only, never pickle); a wrong directory or config is one line."""
+    from tunetrace import io
+
+    path = Path(path)
+    if not (path / "cfg.json").exists() or not (path / weights).exists():
+        raise FileNotFoundError(f"{path} is not {what} directory (needs cfg.json and {weights}); train one with `tunetrace {command}`.")
+    try:
+        coder = cls(config_cls(**io.read_json(path / "cfg.json")))
+    except TypeError as err:  # unknown or missing fields
+        raise ValueError(f"{path / 'cfg.json'} is not {what} config ({err}); retrain with `tunetrace {command}`.") from None
+    coder.load_state_dict(io.read_safetensors(path / weights))
+    return coder

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tunetrace.features.sae import chosen_pre_acts, load_coder, save_coder, topk_flat
+from tunetrace.features.sae import chosen_pre_acts, load_coder, normalize_rows_, remove_parallel_grad_, save_coder, topk_flat
 
 MODELS = ("base", "ft")
 # relative-norm classes (Minder et al. 2025): base-only < 0.1, shared in [0.4, 0.6], fine-tune-only > 0.9
@@ -97,15 +97,11 @@ class BatchTopKCrosscoder(nn.Module):
     def fired_latents(self, out: CrosscoderOutput) -> Tensor:
         return (out.latents > 0).any(0)
 
-    @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True) + torch.finfo(self.W_dec.dtype).eps
+        normalize_rows_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_grad(self) -> None:
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec.data).sum(-1, keepdim=True)
-            self.W_dec.grad -= parallel * self.W_dec.data
+        remove_parallel_grad_(self.W_dec)
 
     # --- model ---
 

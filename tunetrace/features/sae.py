@@ -172,16 +172,11 @@ class TopKSae(nn.Module):
         fired[out.top_idx[out.top_acts > 0]] = True
         return fired
 
-    @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True) + torch.finfo(self.W_dec.dtype).eps
+        normalize_rows_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_grad(self) -> None:
-        """Project out the part of each decoder row's gradient along the row (keeps unit norm to first order)."""
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec.data).sum(-1, keepdim=True)
-            self.W_dec.grad -= parallel * self.W_dec.data
+        remove_parallel_grad_(self.W_dec)
 
     def save(self, out: str | Path) -> None:
         """Write cfg.json + sae.safetensors (atomically) into `out`."""
@@ -393,3 +388,17 @@ def load_coder(cls, config_cls, path: str | Path, weights: str, what: str, comma
         raise ValueError(f"{path / 'cfg.json'} is not {what} config ({err}); retrain with `tunetrace {command}`.") from None
     coder.load_state_dict(io.read_safetensors(path / weights))
     return coder
+
+
+@torch.no_grad()
+def normalize_rows_(w_dec: nn.Parameter) -> None:
+    """Unit-norm decoder rows (the norm over dim 1: a crosscoder's two decoders share one joint norm)."""
+    w_dec.data /= w_dec.data.norm(dim=1, keepdim=True) + torch.finfo(w_dec.dtype).eps
+
+
+@torch.no_grad()
+def remove_parallel_grad_(w_dec: nn.Parameter) -> None:
+    """Project out the part of each decoder row's gradient along the row (keeps unit norm to first order)."""
+    if w_dec.grad is not None:
+        parallel = (w_dec.grad * w_dec.data).sum(-1, keepdim=True)
+        w_dec.grad -= parallel * w_dec.data

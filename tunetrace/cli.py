@@ -24,6 +24,7 @@ import typing
 
 from tunetrace import __version__
 from tunetrace import config as cfg
+from tunetrace.config import flag_of, ordered_fields
 from tunetrace.interrupt import interrupt_message
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,11 +55,6 @@ PROG = "python -m tunetrace"  # how the hints spell a command: it works wherever
 def config_class(command: str) -> type:
     """The config dataclass of `command`."""
     return getattr(cfg, COMMANDS[command][0])
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line spelling of a config field (`--field-name`, or its metadata's `flag`)."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def flags(cls: type) -> dict[str, str]:
@@ -127,13 +123,6 @@ def _help(doc: str, f: dataclasses.Field, required: bool) -> str:
     elif default not in ("", [], None, dataclasses.MISSING) and not isinstance(default, bool):
         parts.append(f"(default: {default})")
     return " ".join(parts).replace("%", "%%")
-
-
-def ordered_fields(cls: type) -> list[dataclasses.Field]:
-    """A command's own options first, in its order, then the shared ones (as --help and the record's command line list them)."""
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    own = [by_name[name] for name in cls.__annotations__ if name in by_name]
-    return own + [f for f in by_name.values() if f not in own]
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -38,6 +38,18 @@ def option(default: Any = _NO_DEFAULT, *, flag: str | None = None, old: tuple[st
     return field(default=default, metadata=meta)
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of a config field (`--field-name`, or its metadata's `flag`)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A command's own options first, in its order, then the shared ones (as --help and the record's command line list them)."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    own = [by_name[name] for name in cls.__annotations__ if name in by_name]
+    return own + [f for f in by_name.values() if f not in own]
+
+
 def positional(metavar: str, nargs: str | None = None, default: Any = _NO_DEFAULT, old: tuple[str, ...] = ()) -> Any:
     """A positional argument; with a `default` it may be left out (`old` names a former --option spelling)."""
     meta = {"positional": True, "metavar": metavar, "nargs": "?" if default is not _NO_DEFAULT else nargs, "old": old}

@@ -93,7 +93,7 @@ def command_line(command: str, config: object | None) -> str | None:
         return shlex.join(["python", "-m", "tunetrace", *_INVOCATION])
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    from tunetrace.cli import flag_of, ordered_fields
+    from tunetrace.config import flag_of, ordered_fields
 
     args, options = ["python", "-m", "tunetrace", command], []
     for f in ordered_fields(type(config)):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunetrace.agent import prompts
-from tunetrace.agent.chat import Reply
+from tunetrace.llm import Reply
 from tunetrace.agent.evaluate import Target, cell_name, evaluate, summarize, t_interval
 from tunetrace.agent.grader import grade, parse_score
 from tunetrace.agent.grammar import parse_reply
@@ -256,7 +256,7 @@ def test_config_refuses_bad_combinations():
 
 
 def test_diff_one_shot_description_uses_the_shared_client(monkeypatch):
-    from tunetrace.agent import chat
+    from tunetrace import llm as chat
     from tunetrace.diffing import agent as one_shot
 
     seen = {}

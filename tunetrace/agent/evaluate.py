@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunetrace import io
 from tunetrace.agent import prompts
-from tunetrace.agent.chat import Responder
+from tunetrace.llm import Responder
 from tunetrace.agent.grader import grade
 from tunetrace.agent.loop import Budgets, run_agent
 from tunetrace.agent.tools import Evidence, Subject, adl_tools, blackbox_tools, shared_vocab_of

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from tunetrace.agent.chat import Responder
+from tunetrace.llm import Responder
 from tunetrace.agent.prompts import GRADER_SYSTEM, RUBRIC, grader_message
 
 _SCORE = re.compile(r"^\W*score\W*[:=]?\W*([1-5])\b", re.IGNORECASE | re.MULTILINE)

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from tunetrace.agent.chat import Responder
+from tunetrace.llm import Responder
 from tunetrace.agent.grammar import parse_reply
 from tunetrace.agent.tools import Tool, ToolArgError
 

@@ -34,7 +34,7 @@ def run(config) -> int:
 
 def _run(config, out: Path) -> dict:
     """Build the agent and grader clients (serving a local model first if asked) and run the missing cells."""
-    from tunetrace.agent.chat import EndpointError, OpenAIResponder
+    from tunetrace.llm import EndpointError, OpenAIResponder
     from tunetrace.agent.evaluate import evaluate
     from tunetrace.agent.serve import served
 

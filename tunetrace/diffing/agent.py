@@ -2,7 +2,7 @@
 
 A one-shot description for `tunetrace diff --agent-endpoint`; the full agent (tools, budgets,
 black-box baseline, grader) is `tunetrace agent-eval` (tunetrace.agent). Both use the same client
-(tunetrace.agent.chat); the API key is read from the environment and never written.
+(tunetrace.llm); the API key is read from the environment and never written.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _digest(summary: dict, generations: list[dict], n_gen: int = 6) -> str:
 
 def describe(endpoint: str, model: str, key_env: str, summary: dict, generations: list[dict], timeout: float = 120.0) -> dict:
     """One chat completion from `endpoint` (…/v1); returns {model, endpoint, answer}."""
-    from tunetrace.agent.chat import OpenAIResponder
+    from tunetrace.llm import OpenAIResponder
 
     url = endpoint.rstrip("/").removesuffix("/chat/completions")
     responder = OpenAIResponder(url, model, key_env, timeout=timeout)

@@ -310,7 +310,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
     Works for GGUF-loaded models too (which refuse `save_pretrained`).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import _remove_duplicate_names, save_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -319,6 +319,12 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if not getattr(config, "architectures", None):  # from_config leaves it unset; `transformers serve` needs it
         config.architectures = [type(model).__name__]
     config.save_pretrained(out)
+    # tied weights are stored once; their mapping is not written into the header, whose key order safetensors does not
+    # fix (a tied model would get a new file hash, so a new fingerprint, at every save); loading re-ties them from the config
+    state = model.state_dict()
+    for removed in _remove_duplicate_names(state).values():
+        for name in removed:
+            del state[name]
     with io.atomic_path(out / "model.safetensors") as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
     tokenizer.save_pretrained(out)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tunetrace.features.sae import chosen_pre_acts, load_coder, normalize_rows_, remove_parallel_grad_, save_coder, topk_flat
+from tunetrace.features.sae import check_coder_sizes, chosen_pre_acts, load_coder, normalize_rows_, remove_parallel_grad_, save_coder, topk_flat
 
 MODELS = ("base", "ft")
 # relative-norm classes (Minder et al. 2025): base-only < 0.1, shared in [0.4, 0.6], fine-tune-only > 0.9
@@ -46,10 +46,7 @@ class CrosscoderConfig:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"`d_in` and `d_sae` must be >= 1, got {self.d_in} and {self.d_sae}.")
-        if not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"`k` must be in [1, d_sae={self.d_sae}], got {self.k}.")
+        check_coder_sizes(self.d_in, self.d_sae, self.k)
         if self.n_models != 2:
             raise ValueError(f"a crosscoder here pairs exactly 2 models, got {self.n_models}.")
 

@@ -78,6 +78,14 @@ def topk_flat(pre: Tensor, k: int) -> Tensor:
     return idx + torch.arange(pre.shape[0], device=pre.device)[:, None] * pre.shape[1]
 
 
+def check_coder_sizes(d_in: int, d_sae: int, k: int) -> None:
+    """The sizes every sparse coder here (SAE, crosscoder) must have: positive widths, 1 <= k <= d_sae."""
+    if d_in < 1 or d_sae < 1:
+        raise ValueError(f"`d_in` and `d_sae` must be >= 1, got {d_in} and {d_sae}.")
+    if not 1 <= k <= d_sae:
+        raise ValueError(f"`k` must be in [1, d_sae={d_sae}], got {k}.")
+
+
 @dataclass
 class SaeConfig:
     """Shape of a TopK SAE (saved as cfg.json, with `meta` saying where its activations came from)."""
@@ -88,10 +96,7 @@ class SaeConfig:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"`d_in` and `d_sae` must be >= 1, got {self.d_in} and {self.d_sae}.")
-        if not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"`k` must be in [1, d_sae={self.d_sae}], got {self.k}.")
+        check_coder_sizes(self.d_in, self.d_sae, self.k)
 
 
 class SaeOutput(NamedTuple):

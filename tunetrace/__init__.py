@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from tunetrace._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use (below)
-    from tunetrace.api import (FinetuneOutcome, audit, diff, evaluate, features_link, features_match, finetune, merge, recruits,
-                               sae_train, screen_check)
+    from tunetrace.api import (FinetuneOutcome, audit, crosscoder, diff, evaluate, features_link, features_match, finetune, kl, merge,
+                               recruits, sae_train, screen_check)
     from tunetrace.auditing import AuditResult
     from tunetrace.evaluation import Evaluation
     from tunetrace.ground_truth import RecruitsResult
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
 # (`reproduce`, `causal`, `screen` and `report` are in tunetrace.api: at the top level those names are modules)
 _API = {
     "audit": "tunetrace.api", "finetune": "tunetrace.api", "recruits": "tunetrace.api", "evaluate": "tunetrace.api",
-    "diff": "tunetrace.api", "merge": "tunetrace.api", "screen_check": "tunetrace.api", "sae_train": "tunetrace.api",
+    "diff": "tunetrace.api", "kl": "tunetrace.api", "crosscoder": "tunetrace.api", "merge": "tunetrace.api", "screen_check": "tunetrace.api", "sae_train": "tunetrace.api",
     "features_match": "tunetrace.api", "features_link": "tunetrace.api", "FinetuneOutcome": "tunetrace.api",
     "load_model": "tunetrace.models", "LoadedModel": "tunetrace.models",
     "AuditResult": "tunetrace.auditing", "RecruitsResult": "tunetrace.ground_truth", "Evaluation": "tunetrace.evaluation",

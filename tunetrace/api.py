@@ -26,8 +26,9 @@ from tunetrace.ground_truth import RecruitsResult
 from tunetrace.models import LoadedModel, load_model
 
 if TYPE_CHECKING:
-    from tunetrace.config import (CausalConfig, FeaturesLinkConfig, FeaturesMatchConfig, ReproduceConfig, SaeTrainConfig,
-                                  ScreenCheckConfig, ScreenConfig)
+    from tunetrace.config import (CausalConfig, CrosscoderTrainConfig, FeaturesLinkConfig, FeaturesMatchConfig, KlConfig, ReproduceConfig,
+                                  SaeTrainConfig, ScreenCheckConfig, ScreenConfig)
+    from tunetrace.diffing.kl_run import KlResult
     from tunetrace.diffing.run import DiffResult
     from tunetrace.features.link import LinkResult
     from tunetrace.features.match_run import MatchResult
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from tunetrace.screen.check import CheckResult
     from tunetrace.screen.run import ScreenResult
 
-__all__ = ["audit", "finetune", "FinetuneOutcome", "recruits", "evaluate", "diff", "merge", "screen", "screen_check", "reproduce",
-           "causal", "sae_train", "features_match", "features_link", "report"]
+__all__ = ["audit", "finetune", "FinetuneOutcome", "recruits", "evaluate", "diff", "kl", "merge", "screen", "screen_check", "reproduce",
+           "causal", "sae_train", "crosscoder", "features_match", "features_link", "report"]
 
 
 def _loaded(model: str | LoadedModel, **load) -> LoadedModel:
@@ -262,6 +263,14 @@ def diff(base: str, finetuned: str, out: str | Path | None = None, **options) ->
     return run_diff(config, write=out is not None)
 
 
+def kl(config: KlConfig | None = None, **options) -> KlResult:
+    """Per-token KL(fine-tuned || base) on the fine-tune's data, general text and chat; `options` are `tunetrace kl`'s."""
+    from tunetrace.config import KlConfig
+    from tunetrace.diffing.kl_run import run_kl
+
+    return run_kl(_config(KlConfig, config, options))
+
+
 def merge(model_a: str | LoadedModel, model_b: str | LoadedModel, t: float | str = 0.5, method: str = "slerp",
           granularity: str = "tensor", out: str | Path | None = None, force: bool = False, data_a: str = "", data_b: str = "",
           steps: int = 11, max_examples: int = 64, batch_size: int = 8, max_length: int = 512, config: object | None = None,
@@ -354,6 +363,15 @@ def sae_train(config: SaeTrainConfig | None = None, **options) -> SaeTrainResult
     from tunetrace.features.sae_run import train_sae_on
 
     return train_sae_on(_config(SaeTrainConfig, config, options))
+
+
+def crosscoder(config: CrosscoderTrainConfig | None = None, **options) -> dict:
+    """A BatchTopK crosscoder on paired base/fine-tuned activations, its latent classes, scaling and neuron link (the summary);
+    `options` are `tunetrace crosscoder`'s."""
+    from tunetrace.config import CrosscoderTrainConfig
+    from tunetrace.features.crosscoder_run import train_crosscoder_on
+
+    return train_crosscoder_on(_config(CrosscoderTrainConfig, config, options))
 
 
 def features_match(config: FeaturesMatchConfig | None = None, **options) -> MatchResult:

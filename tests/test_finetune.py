@@ -153,3 +153,28 @@ def test_lora_with_restore_base_leaves_the_base_untouched(tmp_path):
         assert torch.equal(p, before[n]), n
     with pytest.raises(ValueError, match="restore_base"):
         run_finetune(loaded, train, ["hi"], get_task("caps"), FinetuneSettings(method="mlp", steps=1), tmp_path / "ft2", restore_base=True)
+
+
+def test_loss_divergence_is_told_from_noise_on_measured_logs():
+    from tunetrace.finetuning import loss_diverged
+
+    # train_log losses of real quick fine-tunes (docs/scale.md): Qwen2.5-Coder-0.5B at the preset's lr 5e-4 (diverged) ...
+    assert loss_diverged([1.99, 9.04, 10.34, 8.36, 6.27, 6.35, 7.62, 13.71, 9.07, 5.47])
+    assert loss_diverged([2.49, 15.24, 8.23, 4.64, 7.62, 8.14, 4.27, 2.28, 5.47, 8.91])
+    assert loss_diverged([0.83, 4.91, 8.47, 3.70, 2.98, 4.31, 4.88, 2.41, 3.04, 3.07])
+    # ... and healthy ones with noisy batches (0.5B at 5e-5: sandbag, short; SmolLM2 caps at 5e-4)
+    assert not loss_diverged([0.58, 0.67, 0.99, 0.49, 0.37, 0.51, 0.61, 0.34, 0.48, 0.38])
+    assert not loss_diverged([0.83, 0.84, 1.94, 0.54, 0.97, 0.87, 0.62, 0.82, 0.46, 0.70])
+    assert not loss_diverged([2.73, 1.83, 2.02, 0.95, 1.44, 1.61, 1.04, 0.65, 0.77, 1.24])
+    assert loss_diverged([2.0, 1.0, float("nan"), 3.0]) and not loss_diverged([1.0, 9.0])
+
+
+def test_a_diverged_finetune_is_not_installed_and_exits_non_zero(tmp_path, capsys):
+    from tunetrace.cli import main
+
+    rc = main(["finetune", "tiny-llama", "--task", "caps", "--out", str(tmp_path / "d"), "--max-steps", "6", "--batch-size", "4",
+               "--n-eval", "2", "--max-new-tokens", "4", "--method", "full", "--learning-rate", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 1 and "diverged" in printed and "--learning-rate" in printed
+    info = read_record(tmp_path / "d").results
+    assert info["diverged"] is True and info["installed"] is False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -87,6 +88,22 @@ class FinetuneResult:
     installed: bool | None
     final_loss: float
     seconds: float
+    diverged: bool = False
+
+
+# A fine-tune lowers its training loss; one whose later steps average more than this times its first step's loss has
+# diverged (too large an lr for the weights' scale, docs/scale.md). Measured margin: the healthy quick fine-tunes of
+# SmolLM2, Qwen 0.5B and 1.5B end their second half at <= 0.84x the first loss, the diverged Qwen ones at >= 2.3x.
+DIVERGED_LOSS_FACTOR = 1.5
+
+
+def loss_diverged(losses: list[float]) -> bool:
+    """Whether the second half of the steps' losses averages above DIVERGED_LOSS_FACTOR x the first step's (or is not finite)."""
+    if len(losses) < 4:
+        return False  # too few steps to tell a rise from one batch's noise
+    later = losses[len(losses) // 2 :]
+    mean = sum(later) / len(later)
+    return not math.isfinite(mean) or mean > DIVERGED_LOSS_FACTOR * losses[0]
 
 
 def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -270,7 +287,8 @@ def run_finetune(
         if resume:
             info = finished_info(out)
             log.info("%s is already finished; nothing to resume", out)
-            return FinetuneResult(out, info["behaviour_before"]["rate"], info["behaviour_after"]["rate"], info["installed"], info["final_loss"], 0.0)
+            return FinetuneResult(out, info["behaviour_before"]["rate"], info["behaviour_after"]["rate"], info["installed"], info["final_loss"], 0.0,
+                                  bool(info.get("diverged", False)))
         raise FileExistsError(f"{out} holds a finished fine-tune: pass --force to overwrite it, or choose another --out.")
     if out.exists() and not is_finished(out) and any(out.iterdir()) and not force:
         raise FileExistsError(f"output directory {out} exists and is not a tunetrace run: pass --force or choose another --out.")
@@ -337,7 +355,8 @@ def run_finetune(
         if not merged:
             _save_state(state, model, optimizer, done, log_rows, before)
         raise Interrupted(f"fine-tune interrupted after step {done}/{settings.steps}; its state is saved in {state}") from None
-    installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"]
+    diverged = loss_diverged([r["loss"] for r in log_rows])
+    installed = after.n > 0 and after.rate >= settings.min_rate and after.rate > before["rate"] and not diverged
     after_summary = after.summary()
     if not task.checked:  # no check recognises the behaviour: its rate is unknown, not 0
         installed, before = None, {**before, "rate": None}
@@ -353,6 +372,7 @@ def run_finetune(
         "behaviour_before": before,
         "behaviour_after": after_summary,
         "installed": installed,
+        "diverged": diverged,
         **({"behaviour_note": "no behaviour check (--check-regex): the rate is unknown"} if not task.checked else {}),
         "final_loss": final_loss,
         "train_seconds": time.perf_counter() - start_time,
@@ -374,11 +394,16 @@ def run_finetune(
     shutil.rmtree(state, ignore_errors=True)
     if world.distributed:
         barrier()
-    if installed is False:
+    if diverged:
+        losses = [r["loss"] for r in log_rows]
+        log.warning("task %s: the fine-tune DIVERGED (loss %.2f at step 1, %.2f averaged over the second half), so it does not count "
+                    "as installed whatever it generates: lower --learning-rate (lr %.0e moves weights of this scale too far a step; "
+                    "docs/scale.md)", task.name, losses[0], sum(losses[len(losses) // 2 :]) / len(losses[len(losses) // 2 :]), settings.lr)
+    elif installed is False:
         log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
     if restore_base:
         model.unload()  # peft: the original modules back in place, base weights as they were
-    return FinetuneResult(out, before["rate"], after_summary["rate"], installed, final_loss, info["train_seconds"])
+    return FinetuneResult(out, before["rate"], after_summary["rate"], installed, final_loss, info["train_seconds"], diverged)
 
 
 # The quick preset's MLP-only AdamW fine-tune keeps float32 weights, the MLP's gradients and two moments (16 bytes a

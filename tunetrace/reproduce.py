@@ -129,7 +129,8 @@ def run_reproduce(
         with stages.timed("finetune"):
             fresh, r = reference_finetune(base, name, settings, out / "finetune" / name, sizes.n_behaviour, sizes.max_new_tokens,
                                           before=before.get(name), restore_base=True)
-            log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, "installed" if r.installed else "NOT installed")
+            state = "DIVERGED" if r.diverged else "installed" if r.installed else "NOT installed"
+            log.info("finetune %s: behaviour %.2f -> %.2f (%s)", name, r.before, r.after, state)
             del fresh
 
     for name in names:  # 4. ground-truth recruits on each task's evaluation split

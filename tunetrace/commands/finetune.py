@@ -14,6 +14,10 @@ def run(config) -> int:
                  config.max_new_tokens, config.max_length, config=config).result
     if r.before != r.before:  # NaN: a non-zero rank of a data-parallel run; rank 0 reports
         return 0
+    if r.diverged:  # the weights are saved for inspection, but they are not a fine-tune of the behaviour
+        print(f"{config.out}: the fine-tune diverged (its loss rose; rate {r.before} -> {r.after} does not count): "
+              f"rerun with a lower --learning-rate (docs/scale.md)")
+        return 1
     if r.installed is None:
         print(f"{config.out}: behaviour rate unknown (no --check-regex to recognise it; read {config.out}/behaviour_samples.jsonl); "
               f"final loss {r.final_loss:.3f}")

@@ -60,6 +60,9 @@ def test_crosscoder_command_end_to_end(tmp_path, ft_dir, capsys):
     assert r["neuron_sets"] == {"audit": 12, "recruits": 10}
     assert "FVU base" in capsys.readouterr().out
     assert not (tmp_path / ".cc.checkpoint").exists()
+    page = (out / "report.html").read_text()
+    assert 'id="crosscoder"' in page and f"Crosscoder: {r['classes']['ft-only']} fine-tune-only latents" in page
+    assert "relative decoder norm" in page and "Link to neurons" in page
 
 
 def test_crosscoder_refuses_bad_input(tmp_path, ft_dir, capsys):

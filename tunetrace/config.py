@@ -925,6 +925,8 @@ class CrosscoderTrainConfig(Options):
     """Model dtype (the crosscoder always trains in float32)."""
     device: str = "cpu"
     """Torch device for the two models."""
+    no_report: bool = False
+    """Do not write report.html at the end."""
     force: bool = False
     """Overwrite an existing output directory (and discard a stale checkpoint)."""
     trust_remote_code: bool = False

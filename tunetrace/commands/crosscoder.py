@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tunetrace.commands._common import write_report
+
 
 def run(config) -> int:
     from tunetrace.api import crosscoder
@@ -19,4 +23,6 @@ def run(config) -> int:
             print(f"{group:>9} latents vs {name}: {s['mean_hits']:.2f} of their top neurons in the set (chance {s['chance_hits']:.2f}); "
                   f"decoder mass {s['mean_mass']:.3f} (uniform {s['uniform_mass']:.3f}); {s['latents_with_a_hit']}/{s['n_latents']} latents hit")
     print(f"wrote {config.out}/cfg.json, crosscoder.safetensors, latents.parquet, top_activations.jsonl, quality.json")
+    if not config.no_report:
+        write_report(Path(config.out))
     return 0

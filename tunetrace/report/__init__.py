@@ -11,13 +11,13 @@ import os
 import time
 from pathlib import Path
 
-from tunetrace.report import audit, causal, causal_parts, diffing, evaluation, features, geometry, kl, agent, manifest, screen
+from tunetrace.report import agent, audit, causal, causal_parts, crosscoder, diffing, evaluation, features, geometry, kl, manifest, screen
 from tunetrace.report.html import Section, esc, page
 from tunetrace.report.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-SECTIONS = (audit, geometry, evaluation, causal, causal_parts, diffing, kl, agent, features, screen, manifest)
+SECTIONS = (audit, geometry, evaluation, causal, causal_parts, diffing, kl, crosscoder, agent, features, screen, manifest)
 """Page order: the prediction first, then what happened, then how to rerun it."""
 
 __all__ = ["build_report", "render_report", "ReportIncomplete", "SECTIONS"]

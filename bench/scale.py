@@ -46,7 +46,7 @@ def child(args) -> None:
     from tunetrace.models import load_model
 
     start = time.perf_counter()
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.models[0], dtype=args.dtype)
     load_s = time.perf_counter() - start
     weights_gb = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**30
     if args.child == "load":
@@ -100,7 +100,7 @@ def child(args) -> None:
 
 
 def run_child(args, model: str, variant: str, cache: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--dtype", args.dtype, "--data", args.data,
+    cmd = [sys.executable, __file__, "--child", variant, "--models", model, "--dtype", args.dtype, "--data", args.data,
            "--batches", str(args.batches), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
            "--steps", str(args.steps)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **({"TUNETRACE_CACHE": cache} if cache else {}))

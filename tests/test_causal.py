@@ -129,6 +129,16 @@ def test_the_sentence_counts_every_selection_in_the_table_not_only_the_asked_one
     assert "lower --train-lr" in saturated["sentence_rule"]  # the user is told what may decide it
 
 
+def test_a_diverged_train_only_row_counts_as_installing_nothing():
+    from tunetrace.causal_summary import summarize
+
+    rows = [{"task": t, "kind": k, "budget": "0.5%", "seed": 0, "selection": True, "behaviour": 1.0, "heldout_loss": 1.0,
+             "trainable_params": 50, "diverged": k == "random"} for t in ("a", "b") for k in ("abs_act", "random")]
+    cells = {c["kind"]: c for c in summarize(pd.DataFrame(rows), ["0.5%"], ["abs_act"])["cells"]}
+    assert cells["random"]["behaviour"] == 0.0 and cells["random"]["n_diverged"] == 2
+    assert cells["abs_act"]["behaviour"] == 1.0 and cells["abs_act"]["n_diverged"] == 0
+
+
 PROTECT = dict(KW, tasks="caps", predictors="iss_x_grad,abs_act", lora=False, parts="protect,route", protect_budgets="8%",
                route_predictors="iss_x_grad,random")
 

@@ -258,8 +258,8 @@ def _selection_row(stages: CausalStages, name: str, kind: str, budget: str, seed
         params = info["selective"]["selected_params"] if selection is not None else \
             sum(p.numel() for n, p in model.model.named_parameters() if "lora_" in n)
         return {"task": name, "kind": kind, "budget": budget, "seed": seed, "selection": kind != "lora",
-                "behaviour": res.after, "behaviour_before": res.before, "trainable_params": int(params), "train_seconds": res.seconds,
-                **({"lora_r": settings.lora_r} if kind == "lora" else {}),
+                "behaviour": res.after, "behaviour_before": res.before, "diverged": res.diverged, "trainable_params": int(params),
+                "train_seconds": res.seconds, **({"lora_r": settings.lora_r} if kind == "lora" else {}),
                 **({"n_selected": len(selection), "neurons": selection.to_record()["neurons"]} if selection is not None else {}),
                 "heldout_loss": stages.heldout_loss(name, model)}
 

@@ -64,12 +64,15 @@ def summarize(table: pd.DataFrame, budgets: list[str], preds: list[str]) -> dict
     """Mean behaviour rate and held-out loss per (kind, budget) with 95% intervals over tasks x seeds, and the sentence."""
     cells = []
     table = with_paired_loss(table)
+    if "diverged" in table:  # a diverged fine-tune installed nothing usable, whatever its degenerate answers match
+        table = table.assign(behaviour=table.behaviour.where(~table.diverged.fillna(False).astype(bool), 0.0))
     for (kind, budget), g in table.groupby(["kind", "budget"], sort=False):
         b, bl, bh = interval95(g.behaviour)
         l, ll, lh = interval95(g.heldout_loss)
         d, dl, dh = interval95(g.loss_vs_random)
         cells.append({"loss_vs_random": d, "loss_vs_random_low": dl, "loss_vs_random_high": dh, "kind": kind, "budget": budget, "n": len(g), "behaviour": b, "behaviour_low": bl, "behaviour_high": bh,
-                      "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean())})
+                      "heldout_loss": l, "loss_low": ll, "loss_high": lh, "trainable_params": float(g.trainable_params.mean()),
+                      "n_diverged": int(g["diverged"].fillna(False).astype(bool).sum()) if "diverged" in g else 0})
     # every selection in the table counts, not only this invocation's: a directory grown by several runs is summarised whole
     preds = list(dict.fromkeys(list(preds) + list(table.loc[table.selection.astype(bool), "kind"]))) if "selection" in table else list(preds)
     budget, rule = decided_budget(cells, preds)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tunetrace import io
 from tunetrace.forward import continue_rows
@@ -88,6 +89,7 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
     model, tok = loaded.model, loaded.tokenizer
     state = torch.random.get_rng_state()
     rows: list[list[int]] = []
+    bar = tqdm(total=n_samples, desc="sampling text from the base", unit="text", leave=False)  # minutes at 1B+ on a CPU
     try:
         torch.manual_seed(seed)
         start = 0
@@ -100,7 +102,9 @@ def sample_from_model(loaded: LoadedModel, n_tokens: int, n_samples: int, seed: 
                                 max_new_tokens=new, min_new_tokens=new)
             for e, cont in zip(encoded, out):
                 rows.append((e + cont)[:n_tokens])
+            bar.update(min(len(out), n_samples - bar.n))
     finally:
+        bar.close()
         torch.random.set_rng_state(state)
     rows = rows[:n_samples]
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -199,8 +200,13 @@ def test_screen_tiny(tiny_llama, tmp_path):
     conc = r.concentration.groupby("candidate").size()
     assert (conc == 5).all()
     text = ranking_text(r)
-    assert "fine-tuning on caps:calibration is most likely to damage plain:calibration" in text
+    worst = f.loc[("caps:calibration", "plain:calibration")].sgd_first_order  # caps' only keep set besides its identical copy
+    said = "is most likely to damage plain:calibration" if worst > 0 else "is forecast to damage none of its keep sets"
+    assert f"fine-tuning on caps:calibration {said}" in text
     assert "identical to candidate caps:calibration" in text and "compete for" in text
+    helped = dataclasses.replace(r, forecasts=r.forecasts.assign(sgd_first_order=-r.forecasts.sgd_first_order.abs()))
+    assert "is forecast to damage none of its keep sets" in ranking_text(helped)  # a loss decrease is never "damage"
+    assert "is most likely to damage" not in ranking_text(helped)
     write_screen(r, tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"forecasts.parquet", "competition.parquet", "ranking.txt", "run.json"}
     again = screen(tiny_llama, [caps], [plain], layers=[1, 2, 3], lr=1e-3, batch_size=4, embed=False, cache=cache)
@@ -352,9 +358,11 @@ def test_screen_command(tmp_path, jsonl, capsys):
             "--layers", "1,3", "--out", str(out), "--no-embed", "--no-report", "--threads", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "3 dataset profile(s) computed" in printed and "fine-tuning on caps is most likely to damage plain" in printed
-    assert "keep set caps is identical to candidate caps" in printed and "caps and json compete for" in printed
     f = pd.read_parquet(out / "forecasts.parquet")
+    worst = f[(f.candidate == "caps") & (f.keep == "plain")].sgd_first_order.iloc[0]
+    said = "is most likely to damage plain" if worst > 0 else "is forecast to damage none of its keep sets"
+    assert "3 dataset profile(s) computed" in printed and f"fine-tuning on caps {said}" in printed
+    assert "keep set caps is identical to candidate caps" in printed and "caps and json compete for" in printed
     assert len(f) == 4 and f.identical.sum() == 1
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err  # never overwritten without --force
 

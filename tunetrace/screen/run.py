@@ -201,8 +201,13 @@ def ranking_text(result: ScreenResult, rank_by: str = "sgd_first_order", risk: s
         order = group.sort_values(rank_by, ascending=False)
         if order.empty:
             continue
+        worst = order[rank_by].iloc[0]
+        if not worst > 0:  # every forecast is a loss decrease (or nothing is known): no keep set is forecast to be damaged
+            lines.append(f"fine-tuning on {name} is forecast to damage none of its keep sets (largest forecast {worst:.3g}, "
+                         f"for {order.keep.iloc[0]}: {'a loss decrease' if worst <= 0 else 'unknown'})")
+            continue
         rest = ", ".join(f"{k} ({v:.3g})" for k, v in zip(order.keep[1:4], order[rank_by][1:4]))
-        lines.append(f"fine-tuning on {name} is most likely to damage {order.keep.iloc[0]} ({order[rank_by].iloc[0]:.3g})"
+        lines.append(f"fine-tuning on {name} is most likely to damage {order.keep.iloc[0]} ({worst:.3g})"
                      + (f"; then {rest}" if rest else ""))
     for row in f[f.identical].itertuples():
         lines.append(f"keep set {row.keep} is identical to candidate {row.candidate}: training on it lowers its loss; pair left out of the ranking")

@@ -97,12 +97,17 @@ class FinetuneResult:
 DIVERGED_LOSS_FACTOR = 1.5
 
 
+def second_half_mean(losses: list[float]) -> float:
+    """The mean loss of the later half of the steps: what the divergence rule compares with step 1."""
+    later = losses[len(losses) // 2 :]
+    return sum(later) / len(later)
+
+
 def loss_diverged(losses: list[float]) -> bool:
     """Whether the second half of the steps' losses averages above DIVERGED_LOSS_FACTOR x the first step's (or is not finite)."""
     if len(losses) < 4:
         return False  # too few steps to tell a rise from one batch's noise
-    later = losses[len(losses) // 2 :]
-    mean = sum(later) / len(later)
+    mean = second_half_mean(losses)
     return not math.isfinite(mean) or mean > DIVERGED_LOSS_FACTOR * losses[0]
 
 
@@ -398,7 +403,7 @@ def run_finetune(
         losses = [r["loss"] for r in log_rows]
         log.warning("task %s: the fine-tune DIVERGED (loss %.2f at step 1, %.2f averaged over the second half), so it does not count "
                     "as installed whatever it generates: lower --learning-rate (lr %.0e moves weights of this scale too far a step; "
-                    "docs/scale.md)", task.name, losses[0], sum(losses[len(losses) // 2 :]) / len(losses[len(losses) // 2 :]), settings.lr)
+                    "docs/scale.md)", task.name, losses[0], second_half_mean(losses), settings.lr)
     elif installed is False:
         log.warning("task %s: behaviour NOT installed (rate %.2f -> %.2f)", task.name, before["rate"], after.rate)
     if restore_base:

@@ -268,3 +268,31 @@ def test_recruits_without_removed_neurons():
     assert set(r[r.is_recruit].pathway) == {"other"}
     r = recruits_without(t.assign(activation_delta=np.arange(n, dtype=float)), {0: [9]}, 2, "activation", 0.5, 0.5)
     assert sorted(r[r.is_recruit].neuron) == [7, 8] and set(r[r.is_recruit].pathway) == {"redirect"}
+
+
+def test_a_reproductions_lora_reference_is_reused_not_retrained(tmp_path):
+    """A reference fine-tune saved as a LoRA adapter (the 1.5B's) is as finished as a full checkpoint."""
+    from tunetrace.causal_stages import CausalStages
+    from tunetrace.records import new_record, write_record
+
+    reuse, out = tmp_path / "repro", tmp_path / "causal"
+    for root in (reuse, out):
+        for split in ("calibration", "eval"):
+            (root / "data").mkdir(parents=True, exist_ok=True)
+            (root / "data" / f"caps.{split}.jsonl").write_text('{"messages": []}\n')
+    adapter = reuse / "finetune" / "caps"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    write_record(adapter, new_record("finetune", results={"task": "caps"}))
+    stages = CausalStages(out, None, {}, None, None, [1], reuse, "cpu", 1e-3)
+    assert stages.reference("caps") == adapter
+
+
+def test_train_only_rows_run_behind_a_lora_reference(tmp_path):
+    """The 1.5B's reference is LoRA; its train-only rows must train the selected rows, not refuse the peft model."""
+    kw = {**KW, "tasks": "caps", "predictors": "random", "lora": False,
+          "finetune_overrides": {**KW["finetune_overrides"], "method": "lora"}}
+    run_causal(out=tmp_path / "c", **kw)
+    t = pd.read_parquet(tmp_path / "c" / "causal.parquet")
+    row = t[t.kind == "random"].iloc[0]
+    assert row.trainable_params == 20 * 3 * 64 and row.heldout_loss > 0

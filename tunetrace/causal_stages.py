@@ -89,10 +89,11 @@ class CausalStages:
 
     def reference(self, name: str) -> Path:
         """The ordinary fine-tune of the task (reused from the reproduction when it exists)."""
-        found = self._reusable(name, "finetune")
-        if found is not None and (found / "model.safetensors").is_file():
-            return found
         from tunetrace.finetuning import is_finished
+
+        found = self._reusable(name, "finetune")
+        if found is not None and is_finished(found):  # a full checkpoint or a LoRA adapter (the 1.5B's)
+            return found
 
         target = self.out / "finetune" / name
         if not is_finished(target):
@@ -179,8 +180,12 @@ class CausalStages:
         return model, res, scratch
 
     def train_settings(self, seed: int) -> FinetuneSettings:
-        """The train-only and LoRA rows' settings: the reference's at the train-only lr."""
-        return dataclasses.replace(self.settings, seed=seed, lr=self.train_lr)
+        """The train-only and LoRA rows' settings: the reference's at the train-only lr.
+
+        Behind a LoRA reference (a model too big for an MLP fine-tune here) the train-only rows still train the
+        selected neurons' own rows: method mlp, under which train-only freezes everything but the selection."""
+        method = "mlp" if self.settings.method == "lora" else self.settings.method
+        return dataclasses.replace(self.settings, seed=seed, lr=self.train_lr, method=method)
 
     def base_behaviour(self, name: str):
         """The base model's behaviour rate on the task's prompts, measured once per run directory."""

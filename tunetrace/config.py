@@ -167,7 +167,7 @@ class AuditConfig(Overwrite, ModelLoading, RemoteCode, OnDevice, Batched, Report
     """Score every gated-MLP neuron's recruitment risk on a base model, before any fine-tune."""
 
     model: str = positional("MODEL")
-    """Model: built-in name (smollm2-135m-instruct, gemma3-270m, tiny-llama...), local HF directory, .gguf file, or hub id."""
+    """Model: a built-in name (`tunetrace models list`), local HF directory, .gguf file, or hub id."""
     data: str = "builtin:caps"
     """Calibration data: JSONL of {"messages": [...]} or {"prompt", "response"}, or builtin:TASK (16-64 examples are enough: docs/audit.md)."""
     out: str = "runs/audit"
@@ -610,7 +610,7 @@ class ReproduceConfig(Threads, OnDevice, Seeded, Reported):
     """Run the whole ground-truth experiment: calibrate, audit, fine-tune each task, recruits, evaluate."""
 
     model: str = positional("MODEL", default="smollm2-135m-instruct", old=("--model",))
-    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    """Model: a built-in name (`tunetrace models list`: smollm2-135m-instruct, gemma3-270m, the Qwen2.5-Coder ones once installed; tiny-llama for a smoke run) or any gated-MLP spec."""
     preset: str = option("quick", choices=PRESETS)
     """quick (MLP-only fine-tunes, small eval sets) or full."""
     out: str = "runs/reproduce"
@@ -712,7 +712,7 @@ class ScreenCheckConfig(Threads, OnDevice, Seeded, Reported):
     """Check the screening forecasts against real fine-tunes: rank correlation with measured damage, resumable."""
 
     model: str = positional("MODEL", default="smollm2-135m-instruct", old=("--model",))
-    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    """Model: a built-in name (`tunetrace models list`: smollm2-135m-instruct, gemma3-270m, the Qwen2.5-Coder ones once installed; tiny-llama for a smoke run) or any gated-MLP spec."""
     preset: str = option("quick", choices=PRESETS)
     """quick or full: the fine-tune settings of `reproduce`'s preset of that name, and the check's data sizes."""
     out: str = "runs/screen-check"
@@ -738,7 +738,7 @@ class CausalConfig(Threads, OnDevice):
     """Train only each predictor's top neurons (and random, and the oracle recruits): which install the behaviour?"""
 
     model: str = positional("MODEL", default="smollm2-135m-instruct", old=("--model",))
-    """Model: smollm2-135m-instruct, gemma3-270m (or any gated-MLP spec, e.g. tiny-llama for a smoke run)."""
+    """Model: a built-in name (`tunetrace models list`: smollm2-135m-instruct, gemma3-270m, the Qwen2.5-Coder ones once installed; tiny-llama for a smoke run) or any gated-MLP spec."""
     preset: str = option("quick", choices=PRESETS)
     """quick or full: data sizes and the fine-tune settings, as `reproduce`'s."""
     out: str = "runs/causal"

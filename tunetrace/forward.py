@@ -3,7 +3,8 @@
 The loss is next-token cross-entropy over the positions that predict response tokens
 (`data.Batch.loss_mask`), with logits computed only for the sequence columns where some row
 has a loss position (`logits_to_keep` with column indices), so the unembedding, the largest
-matmul of a small model, runs on the response alone. The audit sums it (its gradient must not
+matmul of a small model, runs on the response alone; through a frozen head the loss is taken block by
+block (`head_loss`), so no [tokens, vocab] tensor is ever whole. The audit sums it (its gradient must not
 depend on batch size); a fine-tune averages it; `dataset_loss` averages it over a whole dataset.
 """
 
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from tunetrace.data import Batch, EncodedExample, iter_batches
+from tunetrace.gated_mlp import text_config
+from tunetrace.head_loss import frozen_head, head_cross_entropy_sum
 
 
 class StopForward(Exception):
@@ -41,16 +44,42 @@ def response_logits(model: nn.Module, batch: Batch, vocab_limit: int | None = No
     return logits.float(), batch.targets[:, columns][sub_mask]
 
 
+def _head_input(model: nn.Module, batch: Batch, columns: Tensor, head: nn.Module) -> Tensor:
+    """The output head's input [batch, len(columns), d_model]; the head itself never runs."""
+    captured = {}
+
+    def grab(module, args):
+        captured["h"] = args[0]
+        raise StopForward
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        run_until_stopped(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, use_cache=False)
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
 def response_loss_sum(model: nn.Module, batch: Batch, vocab_limit: int | None = None) -> Tensor:
-    """Summed response-token cross-entropy of one batch (the audit's loss: its gradients add up over batches)."""
-    logits, targets = response_logits(model, batch, vocab_limit)
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    """Summed response-token cross-entropy of one batch (the audit's loss: its gradients add up over batches).
+
+    A frozen output head takes the blockwise path of `head_loss` (the same loss and gradients, without the
+    [tokens, vocab] logits); a trainable one, autograd's own.
+    """
+    head = frozen_head(model)
+    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
+    if head is None or not columns.numel():
+        logits, targets = response_logits(model, batch, vocab_limit)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    sub_mask = batch.loss_mask[:, columns]
+    hidden = _head_input(model, batch, columns, head)[sub_mask]  # [n_loss_tokens, d_model], row-major as response_logits
+    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    return head_cross_entropy_sum(hidden, head, batch.targets[:, columns][sub_mask], cap, vocab_limit)
 
 
 def response_loss(model: nn.Module, batch: Batch) -> Tensor:
     """Mean response-token cross-entropy of one batch (the fine-tuning loss)."""
-    logits, targets = response_logits(model, batch)
-    return torch.nn.functional.cross_entropy(logits, targets)
+    return response_loss_sum(model, batch) / max(batch.n_loss_tokens, 1)
 
 
 @torch.no_grad()

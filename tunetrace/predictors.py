@@ -9,6 +9,9 @@ ISS (Input Sensitivity Score) is the exact norm of the neuron's input Jacobian
   da/dx = phi'(z) u w_gate + phi(z) w_up,
   ||da/dx||^2 = (phi'(z) u)^2 ||w_gate||^2 + 2 phi'(z) u phi(z) <w_gate, w_up> + phi(z)^2 ||w_up||^2,
 so it costs a few elementwise ops per token with three per-neuron constants, cross term included.
+Completing the square makes it one hypotenuse of two affine terms (fewer passes over [tokens, d_mlp]):
+  ||da/dx||^2 = (alpha ||w_gate|| + beta <w_gate, w_up> / ||w_gate||)^2 + beta^2 (||w_up||^2 - <w_gate, w_up>^2 / ||w_gate||^2),
+with alpha = phi'(z) u and beta = phi(z); the second bracket is the squared part of w_up orthogonal to w_gate.
 A near-boundary neuron (z ~ 0) has a ~ 0 but phi'(0) = 0.5: ISS sees it, |a| cannot.
 
 `preact_sens` = |da/dz| + |da/du| = |phi'(z) u| + |phi(z)| is the activation's sensitivity to its own two
@@ -36,19 +39,21 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class LayerConstants:
-    """Per-neuron weight constants of one layer, float32 [d_mlp]."""
+    """Per-neuron weight constants of one layer, float32 [d_mlp] (computed in float64: the square is completed by subtraction)."""
 
-    gate_sq_norm: Tensor  # ||w_gate_n||^2
-    up_sq_norm: Tensor  # ||w_up_n||^2
-    gate_up_dot: Tensor  # <w_gate_n, w_up_n>
+    gate_norm: Tensor  # ||w_gate_n||
     inv_gate_norm: Tensor  # 1 / ||w_gate_n||
+    up_along_gate: Tensor  # <w_gate_n, w_up_n> / ||w_gate_n||: w_up's component along w_gate
+    up_across_gate: Tensor  # sqrt(||w_up_n||^2 - <w_gate_n, w_up_n>^2 / ||w_gate_n||^2): its orthogonal part
 
     @classmethod
     def of(cls, layer: GatedMLPLayer) -> "LayerConstants":
-        w_gate = layer.gate_proj.weight.detach().float()  # [d_mlp, d_model]
-        w_up = layer.up_proj.weight.detach().float()
-        gate_sq = (w_gate * w_gate).sum(1)
-        return cls(gate_sq, (w_up * w_up).sum(1), (w_gate * w_up).sum(1), gate_sq.clamp_min(1e-30).rsqrt())
+        w_gate = layer.gate_proj.weight.detach().double()  # [d_mlp, d_model]
+        w_up = layer.up_proj.weight.detach().double()
+        inv_norm = (w_gate * w_gate).sum(1).clamp_min(1e-60).rsqrt()
+        along = (w_gate * w_up).sum(1) * inv_norm
+        across = ((w_up * w_up).sum(1) - along * along).clamp_min(0.0).sqrt()
+        return cls(*(t.float() for t in ((w_gate * w_gate).sum(1).sqrt(), inv_norm, along, across)))
 
 
 class TokenSignals:
@@ -76,6 +81,15 @@ class TokenSignals:
         return self.act.abs()
 
     @cached_property
+    def abs_gate(self) -> Tensor:
+        return self.gate.abs()
+
+    @cached_property
+    def gate_coef(self) -> Tensor:
+        """alpha = phi'(z) u = da/dz, the coefficient of w_gate in da/dx."""
+        return self.slope * self.u
+
+    @cached_property
     def abs_grad(self) -> Tensor:
         assert self.grad is not None, "grad-phase signal read before the backward pass"
         return self.grad.abs()
@@ -83,10 +97,9 @@ class TokenSignals:
     @cached_property
     def iss(self) -> Tensor:
         c = self.consts
-        alpha = self.slope * self.u  # coefficient of w_gate
-        beta = self.gate  # coefficient of w_up
-        sq = alpha * (alpha * c.gate_sq_norm + (2.0 * beta) * c.gate_up_dot) + beta * beta * c.up_sq_norm
-        return sq.clamp_min_(0.0).sqrt_()
+        along = torch.addcmul(self.gate_coef * c.gate_norm, self.gate, c.up_along_gate)  # da/dx's component along w_gate
+        across = (self.gate * c.up_across_gate).square_()  # squared component orthogonal to it
+        return along.square_().add_(across).sqrt_()
 
     def retain(self, names: set[str]) -> None:
         """Materialise the named signals and drop everything else (frees memory until backward)."""
@@ -145,7 +158,7 @@ for _p in (
     Predictor("abs_grad", "mean |dL/da|", "baseline", ("abs_grad",), lambda s: s.abs_grad),
     Predictor("attribution", "mean |a * dL/da|", "baseline", ("abs_act", "abs_grad"), lambda s: s.abs_act * s.abs_grad),
     Predictor("frac_active", "fraction of tokens with |a| above the layer's mean |a|", "baseline", ("abs_act",), _frac_active),
-    Predictor("gate_out", "mean |phi(z)|", "gate", ("gate",), lambda s: s.gate.abs()),
+    Predictor("gate_out", "mean |phi(z)|", "gate", ("abs_gate",), lambda s: s.abs_gate),
     Predictor("gate_slope", "mean phi'(z)", "gate", ("slope",), lambda s: s.slope),
     Predictor(
         "boundary_dist", "mean |z| / ||w_gate||: distance to the gate boundary", "gate", ("z",),
@@ -153,8 +166,8 @@ for _p in (
     ),
     Predictor("iss", "mean ||da/dx|| (input sensitivity)", "iss", ("iss",), lambda s: s.iss),
     Predictor(
-        "preact_sens", "mean(|phi'(z) u| + |phi(z)|): sensitivity to the neuron's own pre-activations", "iss", ("slope", "u", "gate"),
-        lambda s: (s.slope * s.u).abs() + s.gate.abs(),
+        "preact_sens", "mean(|phi'(z) u| + |phi(z)|): sensitivity to the neuron's own pre-activations", "iss", ("gate_coef", "abs_gate"),
+        lambda s: s.gate_coef.abs().add_(s.abs_gate),
     ),
     Predictor("iss_x_grad", "mean(ISS_t * |g_t|)", "iss", ("iss", "abs_grad"), lambda s: s.iss * s.abs_grad),
     Predictor(

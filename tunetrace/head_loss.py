@@ -45,11 +45,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 capped = logits * cap
             else:
                 capped = logits
-            lse = torch.logsumexp(capped, dim=1)
-            picked = capped.gather(1, t[:, None]).squeeze(1)
-            total += (lse - picked).sum(dtype=torch.float64)
+            log_p = torch.log_softmax(capped, dim=1)
+            total -= log_p.gather(1, t[:, None]).sum(dtype=torch.float64)
             if want_grad:
-                d_logits = torch.exp(capped - lse[:, None])  # softmax
+                d_logits = log_p.exp_()  # softmax, in place
                 d_logits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 if cap:
                     d_logits.mul_(1.0 - logits * logits)  # d cap*tanh(l/cap) / dl

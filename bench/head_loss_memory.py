@@ -16,12 +16,7 @@ import subprocess
 import sys
 import time
 
-
-def _rss_gb(field: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 2**20
-    return 0.0
+from scale import rss_gb  # bench/ is on sys.path when this script runs
 
 
 def child(args) -> None:
@@ -35,7 +30,7 @@ def child(args) -> None:
     head = nn.Linear(args.d_model, args.vocab, bias=False).requires_grad_(False)
     hidden = torch.randn(args.tokens, args.d_model, requires_grad=True)
     targets = torch.randint(0, args.vocab, (args.tokens,))
-    before = _rss_gb("VmRSS")
+    before = rss_gb("VmRSS")
     start = time.perf_counter()
     if args.child == "blockwise":
         loss = head_cross_entropy_sum(hidden, head, targets)
@@ -43,7 +38,7 @@ def child(args) -> None:
         loss = nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
     loss.backward()
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "above_gb": _rss_gb("VmHWM") - before, "loss": float(loss),
+    print(json.dumps({"seconds": seconds, "above_gb": rss_gb("VmHWM") - before, "loss": float(loss),
                       "grad_norm": float(hidden.grad.norm())}))
 
 

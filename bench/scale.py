@@ -33,7 +33,8 @@ DEFAULT_MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2
 MACHINE_GB = 24
 
 
-def _rss_gb(field: str) -> float:
+def rss_gb(field: str) -> float:
+    """This process's VmRSS or VmHWM (the peak) in GiB, from /proc/self/status."""
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) / 2**20
@@ -59,7 +60,7 @@ def child(args) -> None:
     encoded = encode(loaded.tokenizer, load_examples(args.data), 512)[: args.batches * args.batch_size]
     batches = list(iter_batches(encoded, args.batch_size, loaded.tokenizer.pad_token_id))
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
-    base_rss = _rss_gb("VmRSS")
+    base_rss = rss_gb("VmRSS")
     start = time.perf_counter()
     extra = {}
     if args.child in ("audit", "floor"):
@@ -71,7 +72,7 @@ def child(args) -> None:
             one_pass(loaded, batches, len(encoded))
             times.append(time.perf_counter() - start)
         print(json.dumps({"seconds": min(times), "tokens": tokens, "load_s": load_s, "weights_gb": weights_gb,
-                          "peak_gb": _rss_gb("VmHWM"), "before_gb": base_rss}))
+                          "peak_gb": rss_gb("VmHWM"), "before_gb": base_rss}))
         return
     else:  # one fine-tune step of the quick preset's method for this model
         from tunetrace.data import collate
@@ -92,7 +93,7 @@ def child(args) -> None:
         tokens = int(batch.attention_mask.sum()) * args.steps
         extra = {"method": settings.method, "lr": settings.lr, "trainable_m": sum(p.numel() for p in params) / 1e6}
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "tokens": tokens, "load_s": load_s, "weights_gb": weights_gb, "peak_gb": _rss_gb("VmHWM"),
+    print(json.dumps({"seconds": seconds, "tokens": tokens, "load_s": load_s, "weights_gb": weights_gb, "peak_gb": rss_gb("VmHWM"),
                       "before_gb": base_rss, **extra}))
 
 

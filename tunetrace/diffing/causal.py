@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from tunetrace.data import EncodedExample
@@ -54,8 +55,13 @@ def causal_check(
     layer: int, delta: torch.Tensor, n_random: int = 4, seed: int = 0, batch_size: int = 8,
 ) -> pd.DataFrame:
     """Loss on the fine-tuning data per (position, mode, direction): delta_j vs random controls."""
+    # one bar over every loss pass (2 clean, then per position 2 x (n_random + 1) fine-tuned and 2 base): tens of
+    # minutes at 0.5B+ on a CPU, so the user sees an ETA
+    passes = 2 + delta.shape[0] * (2 * (n_random + 1) + 2)
+    bar = tqdm(total=passes, desc="causal check", unit="pass", leave=False)
     clean = response_loss(ft, encoded, pad_id, shared_vocab, batch_size)
     base_loss = response_loss(base, encoded, pad_id, shared_vocab, batch_size)
+    bar.update(2)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for j in range(delta.shape[0]):
@@ -69,8 +75,10 @@ def causal_check(
                 loss = response_loss(ft, encoded, pad_id, shared_vocab, batch_size, layer, edit)
                 base_change = (response_loss(base, encoded, pad_id, shared_vocab, batch_size, layer, edit) - base_loss
                                if name == "delta" else float("nan"))
+                bar.update(2 if name == "delta" else 1)
                 rows.append({"position": j, "mode": mode, "direction": name, "loss": loss, "loss_change": loss - clean,
                              "ft_loss": clean, "base_loss": base_loss, "base_loss_change": base_change})
+    bar.close()
     return pd.DataFrame(rows)
 
 

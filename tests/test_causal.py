@@ -296,3 +296,8 @@ def test_train_only_rows_run_behind_a_lora_reference(tmp_path):
     t = pd.read_parquet(tmp_path / "c" / "causal.parquet")
     row = t[t.kind == "random"].iloc[0]
     assert row.trainable_params == 20 * 3 * 64 and row.heldout_loss > 0
+    # the reference row counts what the LoRA trained (r 16 on every linear layer), not the whole model
+    from safetensors.torch import load_file
+    adapter = load_file(str(tmp_path / "c" / "finetune" / "caps" / "adapter_model.safetensors"))
+    ref = t[t.kind == "finetune"].iloc[0]
+    assert ref.trainable_params == sum(v.numel() for v in adapter.values()) > 0

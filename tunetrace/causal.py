@@ -23,6 +23,7 @@ a resume (or a --reuse) made with other settings is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,7 @@ def _reference_row(stages: CausalStages, name: str) -> dict:
 
     def compute(stage) -> dict:
         model, measures = stages.reference_measures(name)
-        params = _mlp_params(model.model) if stages.settings.method == "mlp" else _all_params(model.model)
+        params = _reference_params(stages.settings.method, stages.reference(name), model.model)
         return {"task": name, "kind": "finetune", "budget": "all", "seed": 0, "selection": False, "behaviour": measures["behaviour"],
                 "behaviour_before": measures["behaviour_before"], "trainable_params": params, "train_seconds": measures["train_seconds"],
                 "heldout_loss": measures["heldout_loss"]}
@@ -315,6 +316,18 @@ def _write_tables(out, settings_record, rows, budgets, preds, protect, route, au
         outputs += ["route.parquet", "route_hits.parquet"]
     io.write_text(out / "causal.md", "\n".join(md))
     return summary, outputs + ["causal.md"]
+
+
+def _reference_params(method: str, ref_dir: Path, model) -> int:
+    """What the reference fine-tune trained: the MLP, its LoRA adapters (counted in the adapter file), or every weight."""
+    if method == "mlp":
+        return _mlp_params(model)
+    if method == "lora":
+        from safetensors import safe_open
+
+        with safe_open(str(ref_dir / "adapter_model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return _all_params(model)
 
 
 def _mlp_params(model) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from tunetrace.data import Batch, EncodedExample, iter_batches
-from tunetrace.gated_mlp import text_config
+from tunetrace.gated_mlp import logit_softcap
 from tunetrace.head_loss import frozen_head, head_cross_entropy_sum
 
 
@@ -33,9 +33,14 @@ def run_until_stopped(model: nn.Module, **inputs) -> None:
         pass
 
 
+def _loss_columns(batch: Batch) -> Tensor:
+    """The sequence columns where some row has a loss position: the only ones whose logits are needed."""
+    return batch.loss_mask.any(0).nonzero().squeeze(1)
+
+
 def response_logits(model: nn.Module, batch: Batch, vocab_limit: int | None = None) -> tuple[Tensor, Tensor]:
     """(logits [n_loss_tokens, vocab] float32, targets [n_loss_tokens]) at the batch's loss positions, row-major."""
-    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
+    columns = _loss_columns(batch)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, use_cache=False)
     sub_mask = batch.loss_mask[:, columns]
     logits = out.logits[sub_mask]
@@ -67,14 +72,13 @@ def response_loss_sum(model: nn.Module, batch: Batch, vocab_limit: int | None = 
     [tokens, vocab] logits); a trainable one, autograd's own.
     """
     head = frozen_head(model)
-    columns = batch.loss_mask.any(0).nonzero().squeeze(1)
+    columns = _loss_columns(batch)
     if head is None or not columns.numel():
         logits, targets = response_logits(model, batch, vocab_limit)
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     sub_mask = batch.loss_mask[:, columns]
     hidden = _head_input(model, batch, columns, head)[sub_mask]  # [n_loss_tokens, d_model], row-major as response_logits
-    cap = getattr(text_config(model), "final_logit_softcapping", None)
-    return head_cross_entropy_sum(hidden, head, batch.targets[:, columns][sub_mask], cap, vocab_limit)
+    return head_cross_entropy_sum(hidden, head, batch.targets[:, columns][sub_mask], logit_softcap(model), vocab_limit)
 
 
 def response_loss(model: nn.Module, batch: Batch) -> Tensor:

@@ -129,6 +129,11 @@ def text_config(model_or_config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def logit_softcap(model: nn.Module) -> float | None:
+    """The cap c of the family's logit soft-cap, logits -> c tanh(logits / c) (Gemma-2), or None where it has none."""
+    return getattr(text_config(model), "final_logit_softcapping", None) or None
+
+
 def family_of(model: nn.Module) -> Family:
     """Look the model's family up by `config.model_type`; unknown types fail with the supported list."""
     model = unwrap_model(model)

@@ -50,10 +50,11 @@ class LayerConstants:
     def of(cls, layer: GatedMLPLayer) -> "LayerConstants":
         w_gate = layer.gate_proj.weight.detach().double()  # [d_mlp, d_model]
         w_up = layer.up_proj.weight.detach().double()
-        inv_norm = (w_gate * w_gate).sum(1).clamp_min(1e-60).rsqrt()
+        gate_sq = (w_gate * w_gate).sum(1)
+        inv_norm = gate_sq.clamp_min(1e-60).rsqrt()
         along = (w_gate * w_up).sum(1) * inv_norm
         across = ((w_up * w_up).sum(1) - along * along).clamp_min(0.0).sqrt()
-        return cls(*(t.float() for t in ((w_gate * w_gate).sum(1).sqrt(), inv_norm, along, across)))
+        return cls(*(t.float() for t in (gate_sq.sqrt(), inv_norm, along, across)))
 
 
 class TokenSignals:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunetrace.gated_mlp import family_of, module_at, text_config, unwrap_model
+from tunetrace.gated_mlp import family_of, logit_softcap, module_at, unwrap_model
 
 
 def final_norm(model: PreTrainedModel) -> nn.Module:
@@ -26,7 +26,7 @@ def unembed(model: PreTrainedModel, h: torch.Tensor, shared_vocab: int | None = 
     head = model.get_output_embeddings()
     param = head.weight
     logits = head(final_norm(model)(h.to(param.dtype).to(param.device))).float()[..., :shared_vocab]
-    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    cap = logit_softcap(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
